@@ -1,0 +1,298 @@
+"""The cluster config: the YAML file a user writes, parsed into frozen dataclasses.
+
+This module owns the schema (which keys exist, their types, defaults and allowed values) and the
+one place that checks them, so the router, the replicas and the CLI never see a half-valid config.
+
+Invariants:
+- A `ClusterConfig` returned by `parse_config` or `load_config` satisfies every rule below;
+  constructing the dataclasses directly skips validation.
+- The known keys of each section are the fields of its dataclass; every field has one `_Rule`.
+- Nothing is coerced: a string is never read as a number, a bool is never an int. The one
+  widening is int -> float where seconds are expected.
+- `parse_config(dump_config(c)) == c` for every valid `c`.
+- Every rejection is a `ConfigError` whose `.key` is the dotted path of the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import reprlib
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ClusterConfig",
+    "ConfigError",
+    "DeploymentConfig",
+    "RouterConfig",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid config; `.key` is the dotted key path, '' when the whole file is at fault.
+
+    `str(err)` reads like "deployment.num_replicas: must be an integer >= 0, got 'four'".
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    """How the router listens and how long it lets a request wait."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port
+    max_queued_requests: int = 1000  # waiting while every replica is at max_ongoing_requests
+    queue_timeout_s: float = 30.0  # time in that queue before a 503
+    request_timeout_s: float = 300.0  # end to end, before a 504
+    retry_on_replica_failure: bool = True
+    max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentConfig:
+    """What the replicas run and how many of them; the timeouts govern their lifecycle."""
+
+    import_path: str  # "package.module:ClassName"
+    init_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    num_replicas: int = 1
+    max_num_models_per_replica: int | None = None  # None: the decorator's value; -1: no limit
+    max_ongoing_requests: int = 8
+    host: str = "127.0.0.1"  # where replicas bind
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0  # must exceed heartbeat_interval_s
+    graceful_shutdown_timeout_s: float = 30.0
+    model_load_timeout_s: float = 300.0  # a request's wait for a cache slot and the load
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """A whole config file; `source` names where it came from, for messages."""
+
+    router: RouterConfig = field(default_factory=RouterConfig)
+    deployment: DeploymentConfig
+    source: str = "<default>"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one key is checked: `accept` returns the value as stored or raises TypeError,
+    `check` tests the stored value, `describe` completes "must be ..." for both failures."""
+
+    accept: Callable[[object], object]
+    check: Callable[[Any], bool]
+    describe: str
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError
+    return float(value)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _str_keyed_mapping(value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise TypeError
+    return dict(value)
+
+
+def _optional_integer(value: object) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _is_import_path(value: str) -> bool:
+    module, colon, attribute = value.partition(":")
+    parts = [*module.split("."), *attribute.split(".")]
+    return bool(colon) and all(part.isidentifier() for part in parts)
+
+
+def _count(minimum: int, maximum: float = math.inf) -> _Rule:
+    bound = f">= {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
+    return _Rule(_integer, lambda v: minimum <= v <= maximum, f"an integer {bound}")
+
+
+_POSITIVE_SECONDS = _Rule(_seconds, lambda v: 0 < v < math.inf, "a finite number of seconds > 0")
+_HOST = _Rule(_string, lambda v: v != "", "a non-empty string")
+
+_ROUTER_RULES: Mapping[str, _Rule] = {
+    "host": _HOST,
+    "port": _count(0, 65535),
+    "max_queued_requests": _count(0),
+    "queue_timeout_s": _POSITIVE_SECONDS,
+    "request_timeout_s": _POSITIVE_SECONDS,
+    "retry_on_replica_failure": _Rule(_boolean, lambda v: True, "true or false"),
+    "max_replay_body_bytes": _count(0),
+}
+
+_DEPLOYMENT_RULES: Mapping[str, _Rule] = {
+    "import_path": _Rule(_string, _is_import_path, "an import path like 'package.module:Class'"),
+    "init_kwargs": _Rule(_str_keyed_mapping, lambda v: True, "a mapping with string keys"),
+    "num_replicas": _count(0),
+    "max_num_models_per_replica": _Rule(
+        _optional_integer,
+        lambda v: v is None or v == -1 or v > 0,
+        "null (the decorator's value), -1 (no limit) or an integer > 0",
+    ),
+    "max_ongoing_requests": _count(1),
+    "host": _HOST,
+    "heartbeat_interval_s": _POSITIVE_SECONDS,
+    "heartbeat_timeout_s": _POSITIVE_SECONDS,
+    "graceful_shutdown_timeout_s": _POSITIVE_SECONDS,
+    "model_load_timeout_s": _POSITIVE_SECONDS,
+}
+
+_SECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Rule]]] = {
+    "router": (RouterConfig, _ROUTER_RULES),
+    "deployment": (DeploymentConfig, _DEPLOYMENT_RULES),
+}
+
+
+def _is_required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _field_names(cls: type[Any]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _reject_unknown_keys(path: str, given: Mapping[Any, object], known: list[str]) -> None:
+    for key in given:
+        if key in known:
+            continue
+        dotted = f"{path}.{key}" if path else str(key)
+        close = difflib.get_close_matches(str(key), known, n=1)
+        home = [name for name, (cls, _) in _SECTIONS.items() if key in _field_names(cls)]
+        if home:
+            hint = f"it belongs in the {' or '.join(map(repr, home))} section"
+        elif close:
+            hint = f"did you mean {close[0]!r}?"
+        else:
+            hint = f"known keys: {', '.join(known)}"
+        raise ConfigError(dotted, f"unknown key; {hint}")
+
+
+def _parse_section(path: str, given: object, cls: type[Any], rules: Mapping[str, _Rule]) -> Any:
+    if not isinstance(given, Mapping):
+        raise ConfigError(path, f"must be a mapping, got {reprlib.repr(given)}")
+    _reject_unknown_keys(path, given, _field_names(cls))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        rule = rules[f.name]
+        if f.name not in given:
+            if _is_required(f):
+                raise ConfigError(f"{path}.{f.name}", f"required; must be {rule.describe}")
+            continue
+        try:
+            accepted = rule.accept(given[f.name])
+            valid = rule.check(accepted)
+        except TypeError:
+            valid = False
+        if not valid:
+            got = reprlib.repr(given[f.name])
+            raise ConfigError(f"{path}.{f.name}", f"must be {rule.describe}, got {got}")
+        values[f.name] = accepted
+    return cls(**values)
+
+
+def parse_config(data: object, *, source: str = "<config>") -> ClusterConfig:
+    """Validate already-loaded YAML (or JSON) data; raise `ConfigError` on the first problem."""
+    if data is None:
+        raise ConfigError("", f"{source}: the config is empty; it needs a 'deployment' section")
+    if not isinstance(data, Mapping):
+        got = type(data).__name__
+        raise ConfigError("", f"{source}: the top level must be a mapping of sections, got {got}")
+    section_fields = [f for f in dataclasses.fields(ClusterConfig) if f.name in _SECTIONS]
+    _reject_unknown_keys("", data, [f.name for f in section_fields])
+    sections: dict[str, Any] = {}
+    for f in section_fields:
+        if f.name in data:
+            sections[f.name] = _parse_section(f.name, data[f.name], *_SECTIONS[f.name])
+        elif _is_required(f):
+            raise ConfigError(f.name, "required section is missing")
+    deployment: DeploymentConfig = sections["deployment"]
+    if deployment.heartbeat_timeout_s <= deployment.heartbeat_interval_s:
+        raise ConfigError(
+            "deployment.heartbeat_timeout_s",
+            f"must be greater than heartbeat_interval_s ({deployment.heartbeat_interval_s}), "
+            f"got {deployment.heartbeat_timeout_s}",
+        )
+    return ClusterConfig(**sections, source=source)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a key repeated in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and validate a YAML config file; unreadable files and bad YAML are `ConfigError`s."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as file:
+            text = file.read()
+    except FileNotFoundError:
+        raise ConfigError("", f"{name}: no such config file") from None
+    except OSError as err:
+        raise ConfigError("", f"{name}: cannot read config file: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"{name}: config file is not UTF-8: {err.reason}") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = err.problem or err.context or "syntax error"
+        raise ConfigError("", f"{name}: invalid YAML{where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{name}: invalid YAML: {err}") from None
+    return parse_config(data, source=name)
+
+
+def dump_config(config: ClusterConfig) -> dict[str, Any]:
+    """The config as plain data that `parse_config` accepts back; `source` is not included."""
+    return {name: dataclasses.asdict(getattr(config, name)) for name in _SECTIONS}

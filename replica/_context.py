@@ -1,0 +1,71 @@
+"""Per-request context: the model id of the request being served and the pins it holds.
+
+The replica server opens one `request_context` per HTTP request. Inside it,
+`get_multiplexed_model_id()` returns that request's model id, and every model the request
+obtains from a multiplexed cache stays pinned (never evicted) until the context closes.
+Context variables are copied into each asyncio task, so concurrent requests never see each
+other's ids or pins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+__all__ = ["RequestScope", "current_scope", "get_multiplexed_model_id", "request_context"]
+
+_model_id: ContextVar[str] = ContextVar("modelplex_model_id", default="")
+_scope: ContextVar[RequestScope | None] = ContextVar("modelplex_request_scope", default=None)
+
+
+class RequestScope:
+    """What one request holds: its model id, its pins, and whether it waited for a load."""
+
+    __slots__ = ("_releases", "closed", "model_id", "waited_for_load")
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.waited_for_load = False
+        self.closed = False
+        self._releases: list[Callable[[], None]] = []
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """Keep a pin until the request ends; `release` undoes it exactly once."""
+        if self.closed:
+            release()
+        else:
+            self._releases.append(release)
+
+    def release_all(self) -> None:
+        self.closed = True
+        releases, self._releases = self._releases, []
+        for release in reversed(releases):
+            release()
+
+
+def get_multiplexed_model_id() -> str:
+    """The model id of the request being served, or "" when the request named none."""
+    return _model_id.get()
+
+
+def current_scope() -> RequestScope | None:
+    return _scope.get()
+
+
+@contextmanager
+def request_context(model_id: str) -> Iterator[RequestScope]:
+    """Serve one request for `model_id`: set the id and release the request's pins at the end.
+
+    The replica server wraps every request in this; tests use it to call a deployment as a
+    request would.
+    """
+    scope = RequestScope(model_id)
+    id_token = _model_id.set(model_id)
+    scope_token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(scope_token)
+        _model_id.reset(id_token)
+        scope.release_all()

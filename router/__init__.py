@@ -1,0 +1,1 @@
+"""modelplex router: the public port, the cluster view and the placement policy."""
