@@ -1,0 +1,94 @@
+"""What the router shows about itself: `/-/status` as JSON and `/-/metrics` for Prometheus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from router.server import RouterServer
+
+__all__ = ["metrics_text", "status_document"]
+
+
+def status_document(server: RouterServer, now: float) -> dict[str, Any]:
+    replicas = []
+    for replica in sorted(server.view, key=lambda r: _natural(r.replica_id)):
+        replicas.append(
+            {
+                "replica_id": replica.replica_id,
+                "url": replica.url,
+                "incarnation": replica.incarnation,
+                "state": replica.status.value,
+                "in_flight": replica.in_flight,
+                "reported_in_flight": replica.reported_in_flight,
+                "capacity": replica.capacity,
+                "max_ongoing_requests": replica.max_ongoing_requests,
+                "models": [
+                    {
+                        "model_id": copy.model_id,
+                        "idle_s": round(max(0.0, now - copy.last_used), 3),
+                        "in_use": max(copy.in_flight, copy.reported_in_use),
+                    }
+                    for copy in replica.lru_models()
+                    if not copy.loading
+                ],
+                "loading": [c.model_id for c in replica.models.values() if c.loading],
+                "last_report_age_s": round(now - replica.last_report_at, 3),
+                "load_ms_avg": replica.load_ms_avg,
+            }
+        )
+    return {
+        "router": {
+            "url": server.url,
+            "started_at": server.started_at,
+            "queued": server.admission.queued,
+            "counters": dict(sorted(server.counters.items())),
+        },
+        "replicas": replicas,
+    }
+
+
+def _natural(replica_id: str) -> tuple[str, int]:
+    head, _, tail = replica_id.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (replica_id, -1)
+
+
+class _RouterCollector(Collector):
+    def __init__(self, server: RouterServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        counters = CounterMetricFamily(
+            "modelplex_router_events", "Router events by kind", labels=["event"]
+        )
+        for event, count in sorted(self.server.counters.items()):
+            counters.add_metric([event], count)
+        yield counters
+        queued = GaugeMetricFamily("modelplex_router_queued_requests", "Requests waiting")
+        queued.add_metric([], self.server.admission.queued)
+        yield queued
+        in_flight = GaugeMetricFamily(
+            "modelplex_replica_in_flight_requests", "Requests in flight", labels=["replica"]
+        )
+        models = GaugeMetricFamily(
+            "modelplex_replica_models", "Models resident or loading", labels=["replica"]
+        )
+        up = GaugeMetricFamily("modelplex_replica_routable", "1 if routable", labels=["replica"])
+        for replica in self.server.view:
+            in_flight.add_metric([replica.replica_id], replica.in_flight)
+            models.add_metric([replica.replica_id], len(replica.models))
+            up.add_metric([replica.replica_id], 1 if replica.routable else 0)
+        yield in_flight
+        yield models
+        yield up
+
+
+def metrics_text(server: RouterServer) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RouterCollector(server))
+    return generate_latest(registry)

@@ -1,0 +1,330 @@
+"""The router's HTTP glue: the public port, forwarding, and the replicas' state channel.
+
+Decisions live elsewhere — where to send a request in `router.policy`, what the cluster looks
+like in `router.view`, queueing in `router._admission`. This module only translates HTTP into
+calls on them and back: read the model id, admit, forward with a pooled keep-alive connection
+(bodies streamed), retry where nothing can have happened twice, and answer errors as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from common.auth import is_authorized
+from common.config import ClusterConfig
+from common.model_id import InvalidModelId, model_id_from_headers
+from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
+from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
+from router._http import error_response, request_headers, response_headers
+from router._status import metrics_text, status_document
+from router.policy import AffinityPolicy
+from router.view import ClusterView, ReportOutcome
+
+__all__ = ["RouterServer"]
+
+logger = logging.getLogger("modelplex.router")
+
+_MAX_ATTEMPTS = 4
+_SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
+_FORGET_AFTER_S = 60.0
+
+
+class _Retry(Exception):
+    """Forwarding failed in a way that is safe to try on another replica."""
+
+
+class RouterServer:
+    """One router: a cluster view fed by replica reports, and the request path through it."""
+
+    def __init__(self, config: ClusterConfig, secret: str) -> None:
+        self.config = config
+        self.secret = secret
+        self.clock = time.monotonic
+        self.view = ClusterView()
+        self.policy = AffinityPolicy()
+        self.admission = Admission(
+            self.view,
+            self.policy,
+            clock=self.clock,
+            max_queued=config.router.max_queued_requests,
+        )
+        self.counters: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.url = ""
+        self._session: aiohttp.ClientSession | None = None
+        self._channels: set[web.WebSocketResponse] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_get("/-/healthz", self._healthz)
+        app.router.add_get("/-/status", self._status)
+        app.router.add_get("/-/metrics", self._metrics)
+        app.router.add_get("/-/replicas/channel", self._channel)
+        app.router.add_post("/-/replicas/report", self._report)
+        app.router.add_route("*", "/{tail:.*}", self._proxy)
+        app.on_startup.append(self._start)
+        app.on_shutdown.append(self._close_channels)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app: web.Application) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        )
+        self._maintenance = asyncio.create_task(self._maintain())
+
+    async def _close_channels(self, app: web.Application) -> None:
+        for ws in list(self._channels):
+            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"router stopping")
+
+    async def _stop(self, app: web.Application) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _maintain(self) -> None:
+        deployment = self.config.deployment
+        period_s = min(0.5, deployment.heartbeat_interval_s / 2)
+        while True:
+            await asyncio.sleep(period_s)
+            now = self.clock()
+            for replica_id in self.view.expire(now, deployment.heartbeat_timeout_s):
+                logger.warning("replica %s sent no report in time; not routing to it", replica_id)
+            for replica in list(self.view):
+                if not replica.routable and now - replica.last_report_at > _FORGET_AFTER_S:
+                    self.view.forget(replica.replica_id)
+            self.admission.offer()
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        self.counters["requests"] += 1
+        try:
+            model_id = model_id_from_headers(request.headers)
+        except InvalidModelId as exc:
+            self.counters["invalid_model_id"] += 1
+            return error_response(400, "invalid_model_id", str(exc))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.router.request_timeout_s
+        body, replayable = await self._body(request)
+        headers = request_headers(request)
+        for _ in range(_MAX_ATTEMPTS):
+            remaining = deadline - loop.time()
+            try:
+                admitted = await self.admission.admit(
+                    model_id, min(remaining, self.config.router.queue_timeout_s)
+                )
+            except NoReplica as exc:
+                self.counters["no_replica"] += 1
+                return error_response(503, "no_replica", str(exc), retry_after_s=1)
+            except QueueFull as exc:
+                self.counters["queue_full"] += 1
+                return error_response(503, "queue_full", str(exc), retry_after_s=1)
+            except QueueTimeout as exc:
+                if loop.time() >= deadline:
+                    return self._timed_out()
+                self.counters["queue_timeout"] += 1
+                return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
+            if admitted.cold:
+                self.counters["cold_dispatches"] += 1
+            try:
+                return await self._forward(request, admitted, headers, body, replayable, deadline)
+            except _Retry:
+                self.counters["retries"] += 1
+                logger.info("retrying a request after replica %s failed", admitted.replica_id)
+            except TimeoutError:
+                return self._timed_out()
+            finally:
+                self.admission.release(admitted, model_id)
+        self.counters["replica_failed"] += 1
+        return error_response(
+            502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"
+        )
+
+    def _timed_out(self) -> web.Response:
+        self.counters["timeouts"] += 1
+        limit = self.config.router.request_timeout_s
+        return error_response(504, "timeout", f"no answer within request_timeout_s={limit:g}")
+
+    async def _body(self, request: web.Request) -> tuple[Any, bool]:
+        """The body to send: bytes when small enough to keep for a retry, else the stream."""
+        if not request.body_exists:
+            return None, True
+        length = request.content_length
+        if length is not None and length <= self.config.router.max_replay_body_bytes:
+            return await request.read(), True
+        return request.content, False
+
+    async def _forward(
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        headers: Any,
+        body: Any,
+        replayable: bool,
+        deadline: float,
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        retry_ok = replayable and self.config.router.retry_on_replica_failure
+        async with asyncio.timeout_at(deadline):
+            try:
+                upstream = await self._session.request(
+                    request.method,
+                    admitted.url + request.raw_path,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                )
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing reached the replica: always safe to send elsewhere.
+                logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
+                self.view.mark_down(admitted.replica_id)
+                raise _Retry from exc
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                return self._replica_failed(admitted, exc, retry_ok)
+            try:
+                return await self._answer(request, upstream, admitted, retry_ok)
+            finally:
+                upstream.release()
+
+    async def _answer(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        admitted: Admitted,
+        retry_ok: bool,
+    ) -> web.StreamResponse:
+        headers = response_headers(upstream.headers, admitted.replica_id)
+        length = upstream.content_length
+        if length is not None and length <= _SMALL_BODY:
+            try:
+                data = await upstream.read()
+            except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+                return self._replica_failed(admitted, exc, retry_ok)
+            return web.Response(status=upstream.status, body=data, headers=headers)
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        if length is not None:
+            response.content_length = length
+        first = True
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first:
+                    await response.prepare(request)
+                    first = False
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+            if first:
+                return self._replica_failed(admitted, exc, retry_ok)
+            # Part of the answer is out: the client must see a broken response, not a short one.
+            self.counters["broken_streams"] += 1
+            logger.warning("replica %s failed mid-answer: %s", admitted.replica_id, exc)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        if first:
+            await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    def _replica_failed(self, admitted: Admitted, exc: Exception, retry_ok: bool) -> web.Response:
+        logger.warning("replica %s failed mid-request: %r", admitted.replica_id, exc)
+        if retry_ok:
+            raise _Retry from exc
+        self.counters["replica_failed"] += 1
+        return error_response(
+            502, "replica_failed", f"replica {admitted.replica_id} failed during the request"
+        )
+
+    # -- the state channel -----------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        return is_authorized(request.headers.get("Authorization"), self.secret)
+
+    def _apply(self, frame: bytes) -> tuple[str, str, ReportOutcome]:
+        """Decode and apply one report; raises WireError for a bad one."""
+        snapshot = decode_snapshot(frame)
+        outcome = self.view.apply_report(snapshot, self.clock())
+        self.counters["reports"] += 1
+        if outcome in (ReportOutcome.NEW_REPLICA, ReportOutcome.NEW_INCARNATION):
+            logger.info("replica %s joined at %s", snapshot.replica_id, snapshot.url)
+        self.admission.offer()
+        return snapshot.replica_id, snapshot.incarnation, outcome
+
+    def _unauthorized(self) -> web.Response:
+        self.counters["unauthorized_reports"] += 1
+        return error_response(401, "unauthorized", "a valid cluster secret is required")
+
+    async def _channel(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return self._unauthorized()
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
+        await ws.prepare(request)
+        self._channels.add(ws)
+        sender: tuple[str, str] | None = None
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    await self._reject(ws, "reports are binary msgpack frames")
+                    continue
+                try:
+                    replica_id, incarnation, _ = self._apply(message.data)
+                except WireError as exc:
+                    await self._reject(ws, str(exc))
+                    continue
+                if sender is not None and sender[0] != replica_id:
+                    self.view.mark_down(*sender)
+                sender = (replica_id, incarnation)
+        finally:
+            self._channels.discard(ws)
+            if sender is not None and self.view.mark_down(*sender):
+                logger.info("replica %s disconnected; not routing to it", sender[0])
+                self.admission.offer()
+        return ws
+
+    async def _reject(self, ws: web.WebSocketResponse, message: str) -> None:
+        self.counters["bad_reports"] += 1
+        logger.warning("rejected a state report: %s", message)
+        await ws.send_bytes(encode_error("bad_report", message))
+
+    async def _report(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if request.content_length is not None and request.content_length > MAX_FRAME_BYTES:
+            self.counters["bad_reports"] += 1
+            return error_response(413, "bad_report", f"the limit is {MAX_FRAME_BYTES} bytes")
+        try:
+            replica_id, _, outcome = self._apply(await request.read())
+        except WireError as exc:
+            self.counters["bad_reports"] += 1
+            logger.warning("rejected a state report: %s", exc)
+            return error_response(400, "bad_report", str(exc))
+        return web.json_response({"replica_id": replica_id, "outcome": outcome.value})
+
+    # -- introspection ---------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        routable = len(self.view.routable())
+        status = 200 if routable else 503
+        word = "ok" if routable else "no_replica"
+        return web.json_response({"status": word, "routable_replicas": routable}, status=status)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(status_document(self, self.clock()))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics_text(self), content_type="text/plain", charset="utf-8")

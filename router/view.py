@@ -1,0 +1,288 @@
+"""The router's view of the cluster: replicas, the models each holds, and requests in flight.
+
+Pure and synchronous: time is passed in, nothing here awaits or reads a clock. The view
+changes only through a few methods — a report arrived (`apply_report`), a request was
+dispatched (`dispatch`) or finished (`finish`), a replica failed (`mark_down`) or went quiet
+(`expire`) — and keeps these invariants:
+
+- `holders[m]` is exactly the set of replica ids whose `models` contain m (the index never
+  disagrees with the replicas; property-tested);
+- a dispatch takes effect at once (optimistically): the model is loading on that replica and is
+  its most recently used, so a burst for a cold model sees one holder, not a spray of loads;
+  reports that predate the dispatch cannot erase it while it is pending or in use;
+- a report is applied only if it is newer (same incarnation, higher sequence) or comes from a
+  new incarnation (the replica restarted: what the old process held is gone).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from common.wire import ReplicaSnapshot
+
+__all__ = ["ClusterView", "ModelCopy", "ReplicaStatus", "ReplicaView", "ReportOutcome"]
+
+UNLIMITED = -1
+
+
+class ReplicaStatus(enum.Enum):
+    HEALTHY = "healthy"
+    DRAINING = "draining"
+    STALE = "stale"  # no report within the heartbeat timeout
+    DOWN = "down"  # its channel closed or a connection was refused
+
+
+class ReportOutcome(enum.Enum):
+    NEW_REPLICA = "new_replica"
+    NEW_INCARNATION = "new_incarnation"
+    APPLIED = "applied"
+    OUT_OF_ORDER = "out_of_order"
+
+
+@dataclass(slots=True)
+class ModelCopy:
+    """One model on one replica, as this router believes it to be."""
+
+    model_id: str
+    last_used: float  # router clock
+    loading: bool = False
+    in_flight: int = 0  # this router's requests for it on that replica
+    reported_in_use: int = 0  # requests holding it, per the replica's last report
+    pending_until: float = 0.0  # optimistic placement not yet confirmed by a report
+
+    @property
+    def in_use(self) -> bool:
+        return self.in_flight > 0 or self.reported_in_use > 0
+
+
+@dataclass(slots=True)
+class ReplicaView:
+    replica_id: str
+    url: str
+    incarnation: str
+    sequence: int
+    capacity: int
+    max_ongoing_requests: int
+    last_report_at: float
+    draining: bool = False
+    down: bool = False
+    stale: bool = False
+    in_flight: int = 0  # this router's requests on it
+    reported_in_flight: int = 0
+    load_ms_avg: float | None = None
+    models: dict[str, ModelCopy] = field(default_factory=dict)
+
+    @property
+    def status(self) -> ReplicaStatus:
+        if self.down:
+            return ReplicaStatus.DOWN
+        if self.stale:
+            return ReplicaStatus.STALE
+        if self.draining:
+            return ReplicaStatus.DRAINING
+        return ReplicaStatus.HEALTHY
+
+    @property
+    def routable(self) -> bool:
+        return not (self.down or self.stale or self.draining)
+
+    @property
+    def has_room(self) -> bool:
+        """Below max_ongoing_requests: a request sent now starts at once."""
+        return self.in_flight < self.max_ongoing_requests
+
+    @property
+    def free_slots(self) -> int:
+        if self.capacity == UNLIMITED:
+            return 1 << 30
+        return self.capacity - len(self.models)
+
+    def lru_models(self) -> list[ModelCopy]:
+        """Models least recently used first."""
+        return sorted(self.models.values(), key=lambda c: c.last_used)
+
+    def eviction_candidate(self) -> ModelCopy | None:
+        """What the replica's own LRU would evict next: the oldest loaded model not in use."""
+        best: ModelCopy | None = None
+        for copy in self.models.values():
+            if copy.loading or copy.in_use:
+                continue
+            if best is None or copy.last_used < best.last_used:
+                best = copy
+        return best
+
+
+class ClusterView:
+    """Every replica this router knows, and the index model id -> replica ids holding it."""
+
+    def __init__(self, *, pending_grace_s: float = 2.0) -> None:
+        self.pending_grace_s = pending_grace_s
+        self.replicas: dict[str, ReplicaView] = {}
+        self.holders: dict[str, set[str]] = {}
+
+    def __iter__(self) -> Iterator[ReplicaView]:
+        return iter(self.replicas.values())
+
+    def routable(self) -> list[ReplicaView]:
+        return [r for r in self.replicas.values() if r.routable]
+
+    def holders_of(self, model_id: str) -> list[ReplicaView]:
+        ids = self.holders.get(model_id)
+        if not ids:
+            return []
+        return [self.replicas[i] for i in ids]
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def apply_report(self, snapshot: ReplicaSnapshot, now: float) -> ReportOutcome:
+        replica = self.replicas.get(snapshot.replica_id)
+        if replica is None:
+            outcome = ReportOutcome.NEW_REPLICA
+            replica = ReplicaView(
+                replica_id=snapshot.replica_id,
+                url=snapshot.url,
+                incarnation=snapshot.incarnation,
+                sequence=snapshot.sequence,
+                capacity=snapshot.capacity,
+                max_ongoing_requests=snapshot.max_ongoing_requests,
+                last_report_at=now,
+            )
+            self.replicas[snapshot.replica_id] = replica
+            previous: dict[str, ModelCopy] = {}
+        elif replica.incarnation != snapshot.incarnation:
+            outcome = ReportOutcome.NEW_INCARNATION
+            previous = {}  # a new process holds nothing the old one did
+        elif snapshot.sequence <= replica.sequence:
+            return ReportOutcome.OUT_OF_ORDER
+        else:
+            outcome = ReportOutcome.APPLIED
+            previous = replica.models
+        replica.url = snapshot.url
+        replica.incarnation = snapshot.incarnation
+        replica.sequence = snapshot.sequence
+        replica.capacity = snapshot.capacity
+        replica.max_ongoing_requests = snapshot.max_ongoing_requests
+        replica.draining = snapshot.draining
+        replica.reported_in_flight = snapshot.in_flight
+        replica.load_ms_avg = snapshot.load_ms_avg
+        replica.last_report_at = now
+        replica.down = False
+        replica.stale = False
+        self._set_models(replica, self._merge(snapshot, previous, now))
+        return outcome
+
+    def _merge(
+        self, snapshot: ReplicaSnapshot, previous: dict[str, ModelCopy], now: float
+    ) -> dict[str, ModelCopy]:
+        models: dict[str, ModelCopy] = {}
+        for entry in snapshot.models:
+            old = previous.get(entry.model_id)
+            last_used = now - entry.idle_s
+            copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
+            if old is not None:
+                copy.last_used = max(last_used, old.last_used)
+                copy.in_flight = old.in_flight
+            models[entry.model_id] = copy
+        for model_id in snapshot.loading:
+            copy = models.get(model_id) or previous.get(model_id) or ModelCopy(model_id, now)
+            copy.loading = True
+            models[model_id] = copy
+        for model_id, old in previous.items():
+            # The replica may not have seen our request yet: keep what we placed there.
+            if model_id not in models and (old.in_flight > 0 or old.pending_until > now):
+                models[model_id] = old
+        return models
+
+    def _set_models(self, replica: ReplicaView, models: dict[str, ModelCopy]) -> None:
+        rid = replica.replica_id
+        for model_id in replica.models.keys() - models.keys():
+            self._unindex(model_id, rid)
+        for model_id in models.keys() - replica.models.keys():
+            self.holders.setdefault(model_id, set()).add(rid)
+        replica.models = models
+
+    def _unindex(self, model_id: str, replica_id: str) -> None:
+        ids = self.holders.get(model_id)
+        if ids is not None:
+            ids.discard(replica_id)
+            if not ids:
+                del self.holders[model_id]
+
+    # -- failures --------------------------------------------------------------------------
+
+    def mark_down(self, replica_id: str, incarnation: str | None = None) -> bool:
+        """Take a replica out of routing (its channel closed, a connect was refused).
+
+        With `incarnation`, only that process is marked: a report from its successor may
+        already have arrived. Its models are forgotten; a new report brings them back.
+        """
+        replica = self.replicas.get(replica_id)
+        if replica is None or (incarnation is not None and replica.incarnation != incarnation):
+            return False
+        replica.down = True
+        self._set_models(replica, {})
+        return True
+
+    def expire(self, now: float, timeout_s: float) -> list[str]:
+        """Mark replicas with no report for `timeout_s` stale; return the newly stale ids."""
+        newly: list[str] = []
+        for replica in self.replicas.values():
+            if not replica.stale and not replica.down and now - replica.last_report_at > timeout_s:
+                replica.stale = True
+                newly.append(replica.replica_id)
+        return newly
+
+    def forget(self, replica_id: str) -> None:
+        replica = self.replicas.pop(replica_id, None)
+        if replica is not None:
+            for model_id in replica.models:
+                self._unindex(model_id, replica_id)
+
+    # -- the request path ------------------------------------------------------------------
+
+    def dispatch(
+        self, replica_id: str, model_id: str, now: float, *, evict: str | None = None
+    ) -> bool:
+        """Record a request sent to a replica; True when it makes the replica load the model.
+
+        `evict` names the model the replica will give up for it (the router told it, or it is
+        the replica's own LRU choice); it leaves the view now, as it will leave the replica.
+        """
+        replica = self.replicas[replica_id]
+        replica.in_flight += 1
+        if not model_id:
+            return False
+        copy = replica.models.get(model_id)
+        cold = copy is None
+        if copy is None:
+            if evict is not None and evict in replica.models:
+                self._drop(replica, evict)
+            elif replica.free_slots <= 0:
+                victim = replica.eviction_candidate()
+                if victim is not None:
+                    self._drop(replica, victim.model_id)
+            copy = ModelCopy(model_id, now, loading=True)
+            copy.pending_until = now + self.pending_grace_s
+            replica.models[model_id] = copy
+            self.holders.setdefault(model_id, set()).add(replica_id)
+        copy.last_used = now
+        copy.in_flight += 1
+        return cold
+
+    def finish(self, replica_id: str, model_id: str, now: float) -> None:
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return
+        replica.in_flight = max(0, replica.in_flight - 1)
+        copy = replica.models.get(model_id) if model_id else None
+        if copy is not None:
+            copy.in_flight = max(0, copy.in_flight - 1)
+            copy.last_used = max(copy.last_used, now)
+            # The answer came back, so the replica has the model; keep it until a report says.
+            copy.pending_until = max(copy.pending_until, now + self.pending_grace_s)
+
+    def _drop(self, replica: ReplicaView, model_id: str) -> None:
+        del replica.models[model_id]
+        self._unindex(model_id, replica.replica_id)
