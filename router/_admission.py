@@ -99,6 +99,8 @@ class Admission:
         finally:
             if not waiter.future.done():
                 waiter.future.cancel()
+            if waiter in self._queue:
+                self._queue.remove(waiter)
 
     def release(self, admitted: Admitted, model_id: str) -> None:
         """The request sent to `admitted` is over (answered, failed or abandoned)."""
@@ -110,6 +112,12 @@ class Admission:
         if not self._queue:
             return
         now = self.clock()
+        if not any(r.routable for r in self.view):
+            queue, self._queue = self._queue, deque()
+            for waiter in queue:
+                if not waiter.future.done():
+                    waiter.future.set_exception(NoReplica("no replica is available"))
+            return
         keep: deque[_Waiter] = deque()
         while self._queue:
             waiter = self._queue.popleft()

@@ -65,7 +65,10 @@ class AffinityPolicy:
             if not replica.routable:
                 continue
             held = True
-            if replica.has_room and (best is None or replica.in_flight < best.in_flight):
+            if replica.has_room and (
+                best is None
+                or (replica.in_flight, replica.replica_id) < (best.in_flight, best.replica_id)
+            ):
                 best = replica
         if best is not None:
             return Route(best)

@@ -1,0 +1,269 @@
+"""Admission: route at once when the policy can, otherwise a bounded FIFO queue with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+
+import pytest
+
+from common.wire import ModelEntry, ReplicaSnapshot
+from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
+from router.policy import AffinityPolicy
+from router.view import ClusterView
+
+LONG_S = 5.0
+
+
+def snapshot(
+    replica_id: str,
+    models: Sequence[str] = (),
+    *,
+    loading: Iterable[str] = (),
+    sequence: int = 1,
+    capacity: int = 3,
+    max_ongoing_requests: int = 1,
+    draining: bool = False,
+) -> ReplicaSnapshot:
+    """A replica's report; `models` come least recently used first."""
+    return ReplicaSnapshot(
+        replica_id=replica_id,
+        incarnation="inc-1",
+        sequence=sequence,
+        url=f"http://{replica_id}.test:8000",
+        capacity=capacity,
+        models=tuple(
+            ModelEntry(model_id=m, idle_s=float(len(models) - i), in_use=0)
+            for i, m in enumerate(models)
+        ),
+        loading=tuple(loading),
+        in_flight=0,
+        max_ongoing_requests=max_ongoing_requests,
+        draining=draining,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admission(*reports: ReplicaSnapshot, max_queued: int = 10) -> Admission:
+    clock = Clock()
+    view = ClusterView()
+    for report in reports:
+        view.apply_report(report, clock.now)
+    return Admission(view, AffinityPolicy(), clock=clock, max_queued=max_queued)
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "condition not reached before the deadline"
+        await asyncio.sleep(0.001)
+
+
+def in_flight(gate: Admission, replica_id: str) -> int:
+    return gate.view.replicas[replica_id].in_flight
+
+
+# -- admitted at once ------------------------------------------------------------------------
+
+
+async def test_admit_routes_at_once_and_records_the_dispatch() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=4))
+    first = await gate.admit("m", LONG_S)
+    assert first == Admitted("r1", "http://r1.test:8000", cold=True, evict=None)
+    second = await gate.admit("m", LONG_S)
+    assert second.cold is False
+    assert in_flight(gate, "r1") == 2
+    assert gate.view.holders["m"] == {"r1"}
+    assert gate.queued == 0
+
+
+async def test_admit_passes_on_the_model_to_evict() -> None:
+    gate = admission(snapshot("r1", ["a"], capacity=1))
+    admitted = await gate.admit("m", LONG_S)
+    assert (admitted.replica_id, admitted.cold, admitted.evict) == ("r1", True, "a")
+    assert set(gate.view.replicas["r1"].models) == {"m"}
+
+
+async def test_a_request_without_a_model_is_admitted_to_the_least_loaded_replica() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=3), snapshot("r2", max_ongoing_requests=3))
+    await gate.admit("", LONG_S)
+    admitted = await gate.admit("", LONG_S)
+    assert admitted.cold is False
+    assert {in_flight(gate, "r1"), in_flight(gate, "r2")} == {1}
+
+
+async def test_release_frees_the_slot() -> None:
+    gate = admission(snapshot("r1"))
+    admitted = await gate.admit("m", LONG_S)
+    gate.release(admitted, "m")
+    assert in_flight(gate, "r1") == 0
+    assert gate.view.replicas["r1"].models["m"].in_flight == 0
+    assert (await gate.admit("m", LONG_S)).replica_id == "r1"
+
+
+# -- the queue -------------------------------------------------------------------------------
+
+
+async def test_queued_requests_are_admitted_in_arrival_order_as_capacity_frees() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("m", LONG_S)
+    waiting = []
+    for _ in range(3):
+        waiting.append(asyncio.create_task(gate.admit("m", LONG_S)))
+        await eventually(lambda: gate.queued == len(waiting))
+    for task in waiting:
+        assert not task.done()
+        gate.release(running, "m")
+        await eventually(task.done)
+        running = task.result()
+        assert running.replica_id == "r1"
+        assert in_flight(gate, "r1") == 1
+        assert not any(t.done() for t in waiting[waiting.index(task) + 1 :])
+    assert gate.queued == 0
+
+
+async def test_a_new_request_joins_the_back_of_a_non_empty_queue() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("m", LONG_S)
+    first = asyncio.create_task(gate.admit("m", LONG_S))
+    await eventually(lambda: gate.queued == 1)
+    second = asyncio.create_task(gate.admit("m", LONG_S))
+    await eventually(lambda: gate.queued == 2)
+    gate.release(running, "m")
+    await eventually(first.done)
+    assert not second.done()
+    gate.release(first.result(), "m")
+    await eventually(second.done)
+
+
+async def test_a_request_waiting_for_a_busy_model_does_not_hold_up_others() -> None:
+    gate = admission(snapshot("r1", ["m"]), snapshot("r2", ["x"]))
+    running = await gate.admit("m", LONG_S)
+    blocked = asyncio.create_task(gate.admit("m", LONG_S))
+    await eventually(lambda: gate.queued == 1)
+    other = await gate.admit("y", LONG_S)
+    assert other.replica_id == "r2"
+    assert not blocked.done()
+    gate.release(running, "m")
+    await eventually(blocked.done)
+    assert blocked.result().replica_id == "r1"
+    assert blocked.result().cold is False
+
+
+async def test_a_replica_joining_admits_queued_requests_when_offered() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    await gate.admit("m", LONG_S)
+    waiting = asyncio.create_task(gate.admit("n", LONG_S))
+    await eventually(lambda: gate.queued == 1)
+    gate.view.apply_report(snapshot("r2"), gate.clock())
+    gate.offer()
+    await eventually(waiting.done)
+    assert waiting.result().replica_id == "r2"
+
+
+async def test_beyond_max_queued_a_request_is_refused_at_once() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1), max_queued=2)
+    await gate.admit("m", LONG_S)
+    waiting = [asyncio.create_task(gate.admit("m", LONG_S)) for _ in range(2)]
+    await eventually(lambda: gate.queued == 2)
+    with pytest.raises(QueueFull):
+        await gate.admit("m", LONG_S)
+    with pytest.raises(QueueFull):
+        await gate.admit("other", LONG_S)
+    assert gate.queued == 2
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def test_a_request_times_out_in_the_queue_without_taking_a_slot() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("m", LONG_S)
+    with pytest.raises(QueueTimeout):
+        await gate.admit("m", 0.05)
+    assert in_flight(gate, "r1") == 1
+    gate.release(running, "m")
+    assert in_flight(gate, "r1") == 0
+    assert gate.queued == 0
+
+
+async def test_a_timed_out_request_gives_up_its_place_in_the_queue() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1), max_queued=1)
+    await gate.admit("m", LONG_S)
+    with pytest.raises(QueueTimeout):
+        await gate.admit("m", 0.05)
+    # Nothing is waiting any more, so the next request may wait too.
+    with pytest.raises(QueueTimeout):
+        await gate.admit("m", 0.05)
+    assert gate.queued == 0
+
+
+async def test_a_cancelled_waiter_is_never_admitted() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("m", LONG_S)
+    waiting = asyncio.create_task(gate.admit("m", LONG_S))
+    await eventually(lambda: gate.queued == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    gate.release(running, "m")
+    assert in_flight(gate, "r1") == 0
+    assert gate.queued == 0
+
+
+async def test_a_waiter_cancelled_as_it_is_admitted_does_not_leak_its_slot() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("m", LONG_S)
+    waiting = asyncio.create_task(gate.admit("m", LONG_S))
+    await eventually(lambda: gate.queued == 1)
+    gate.release(running, "m")
+    waiting.cancel()
+    try:
+        admitted = await waiting
+    except asyncio.CancelledError:
+        pass
+    else:
+        # The caller got the slot after all, so it must give it back.
+        gate.release(admitted, "m")
+    assert in_flight(gate, "r1") == 0
+
+
+# -- no replica ------------------------------------------------------------------------------
+
+
+async def test_an_empty_cluster_has_no_replica() -> None:
+    gate = admission()
+    with pytest.raises(NoReplica):
+        await gate.admit("m", LONG_S)
+    with pytest.raises(NoReplica):
+        await gate.admit("", LONG_S)
+    assert gate.queued == 0
+
+
+@pytest.mark.parametrize("how", ["draining", "down"])
+async def test_a_cluster_without_a_routable_replica_has_no_replica(how: str) -> None:
+    gate = admission(snapshot("r1", ["m"], draining=how == "draining"))
+    if how == "down":
+        gate.view.mark_down("r1")
+    with pytest.raises(NoReplica):
+        await gate.admit("m", LONG_S)
+    assert gate.queued == 0
+
+
+async def test_a_queued_request_is_rejected_when_every_replica_goes_down() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    await gate.admit("m", LONG_S)
+    waiting = asyncio.create_task(gate.admit("m", 0.5))
+    await eventually(lambda: gate.queued == 1)
+    gate.view.mark_down("r1")
+    gate.offer()
+    with pytest.raises(NoReplica):
+        await waiting

@@ -1,0 +1,601 @@
+"""The cluster view: reports, optimistic dispatches, failures, and the model -> replicas index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from common.wire import ModelEntry, ReplicaSnapshot
+from router.view import ClusterView, ReplicaStatus, ReportOutcome
+
+ModelSpec = str | tuple[str, float] | tuple[str, float, int]
+
+
+def snapshot(
+    replica_id: str,
+    models: Sequence[ModelSpec] = (),
+    *,
+    loading: Iterable[str] = (),
+    sequence: int = 1,
+    incarnation: str = "inc-1",
+    capacity: int = 3,
+    max_ongoing_requests: int = 4,
+    in_flight: int = 0,
+    draining: bool = False,
+) -> ReplicaSnapshot:
+    """A replica's report. `models` come least recently used first, as on the wire: a bare id
+    gets an idle time from its position (the first is the idlest); a tuple gives
+    (id, idle_s) or (id, idle_s, in_use)."""
+    entries = []
+    for index, spec in enumerate(models):
+        if isinstance(spec, str):
+            entries.append(ModelEntry(model_id=spec, idle_s=float(len(models) - index), in_use=0))
+        else:
+            model_id, idle_s, *rest = spec
+            entries.append(
+                ModelEntry(model_id=model_id, idle_s=idle_s, in_use=rest[0] if rest else 0)
+            )
+    return ReplicaSnapshot(
+        replica_id=replica_id,
+        incarnation=incarnation,
+        sequence=sequence,
+        url=f"http://{replica_id}.test:8000",
+        capacity=capacity,
+        models=tuple(entries),
+        loading=tuple(loading),
+        in_flight=in_flight,
+        max_ongoing_requests=max_ongoing_requests,
+        draining=draining,
+    )
+
+
+def expected_index(view: ClusterView) -> dict[str, set[str]]:
+    index: dict[str, set[str]] = {}
+    for replica in view:
+        for model_id in replica.models:
+            index.setdefault(model_id, set()).add(replica.replica_id)
+    return index
+
+
+def held(view: ClusterView, replica_id: str) -> set[str]:
+    return set(view.replicas[replica_id].models)
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+def test_first_report_registers_the_replica_and_indexes_its_models() -> None:
+    view = ClusterView()
+    outcome = view.apply_report(
+        snapshot("r1", ["a", "b"], capacity=2, max_ongoing_requests=5, in_flight=3), now=10.0
+    )
+    assert outcome is ReportOutcome.NEW_REPLICA
+    replica = view.replicas["r1"]
+    assert (replica.capacity, replica.max_ongoing_requests) == (2, 5)
+    assert replica.reported_in_flight == 3
+    assert replica.in_flight == 0
+    assert replica.status is ReplicaStatus.HEALTHY
+    assert replica.last_report_at == 10.0
+    assert view.holders == {"a": {"r1"}, "b": {"r1"}}
+    assert [r.replica_id for r in view.holders_of("a")] == ["r1"]
+    assert view.holders_of("nope") == []
+
+
+def test_newer_sequence_replaces_the_models() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"], sequence=1), now=0.0)
+    outcome = view.apply_report(snapshot("r1", ["b", "c"], sequence=2, draining=True), now=1.0)
+    assert outcome is ReportOutcome.APPLIED
+    assert held(view, "r1") == {"b", "c"}
+    assert view.holders == {"b": {"r1"}, "c": {"r1"}}
+    assert view.replicas["r1"].status is ReplicaStatus.DRAINING
+    assert view.replicas["r1"].sequence == 2
+
+
+@pytest.mark.parametrize("sequence", [5, 4, 0])
+def test_a_report_that_is_not_newer_is_ignored(sequence: int) -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], sequence=5), now=0.0)
+    outcome = view.apply_report(
+        snapshot("r1", ["z"], sequence=sequence, draining=True, capacity=9), now=1.0
+    )
+    assert outcome is ReportOutcome.OUT_OF_ORDER
+    replica = view.replicas["r1"]
+    assert held(view, "r1") == {"a"}
+    assert view.holders == {"a": {"r1"}}
+    assert (replica.sequence, replica.capacity, replica.draining) == (5, 3, False)
+    assert replica.last_report_at == 0.0
+
+
+def test_a_new_incarnation_forgets_what_the_old_process_held() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"], sequence=40, incarnation="old"), now=0.0)
+    view.dispatch("r1", "pending", now=0.5)
+    outcome = view.apply_report(snapshot("r1", ["c"], sequence=0, incarnation="new"), now=1.0)
+    assert outcome is ReportOutcome.NEW_INCARNATION
+    assert held(view, "r1") == {"c"}
+    assert view.holders == {"c": {"r1"}}
+    replica = view.replicas["r1"]
+    assert (replica.incarnation, replica.sequence) == ("new", 0)
+    # The new process counts its own sequence from scratch.
+    assert view.apply_report(snapshot("r1", ["d"], sequence=1, incarnation="new"), now=2.0) is (
+        ReportOutcome.APPLIED
+    )
+
+
+def test_lru_order_and_router_time_come_from_idle_s() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 5.0), ("b", 1.0), ("c", 3.0)]), now=100.0)
+    replica = view.replicas["r1"]
+    assert {m: c.last_used for m, c in replica.models.items()} == {"a": 95.0, "b": 99.0, "c": 97.0}
+    assert [c.model_id for c in replica.lru_models()] == ["a", "c", "b"]
+    assert replica.eviction_candidate() is not None
+    assert replica.eviction_candidate().model_id == "a"  # type: ignore[union-attr]
+
+
+def test_a_report_never_makes_a_model_look_older_than_our_last_use() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 0.0)], sequence=1), now=0.0)
+    view.dispatch("r1", "a", now=10.0)
+    view.apply_report(snapshot("r1", [("a", 5.0)], sequence=2), now=11.0)
+    assert view.replicas["r1"].models["a"].last_used == 10.0
+    assert view.replicas["r1"].models["a"].in_flight == 1
+
+
+def test_loading_models_are_held_but_never_the_eviction_candidate() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 1.0)], loading=["b"], capacity=2), now=50.0)
+    replica = view.replicas["r1"]
+    assert replica.models["b"].loading
+    assert not replica.models["a"].loading
+    assert view.holders == {"a": {"r1"}, "b": {"r1"}}
+    assert replica.eviction_candidate().model_id == "a"  # type: ignore[union-attr]
+    view.apply_report(snapshot("r1", [("b", 0.0, 1)], loading=["a"], sequence=2), now=51.0)
+    assert replica.eviction_candidate() is None
+    view.apply_report(snapshot("r1", [("a", 0.0), ("b", 0.0)], sequence=3), now=52.0)
+    assert not replica.models["a"].loading
+    assert not replica.models["b"].loading
+
+
+def test_reported_in_use_models_are_not_eviction_candidates() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 9.0, 2), ("b", 1.0, 0)]), now=10.0)
+    replica = view.replicas["r1"]
+    assert replica.models["a"].in_use
+    assert replica.eviction_candidate().model_id == "b"  # type: ignore[union-attr]
+
+
+# -- dispatch and finish ---------------------------------------------------------------------
+
+
+def test_dispatching_a_cold_model_makes_the_replica_a_holder_at_once() -> None:
+    view = ClusterView(pending_grace_s=2.0)
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    assert view.dispatch("r1", "m", now=3.0) is True
+    copy = view.replicas["r1"].models["m"]
+    assert view.holders["m"] == {"r1"}
+    assert copy.loading
+    assert (copy.in_flight, copy.last_used, copy.pending_until) == (1, 3.0, 5.0)
+    assert view.replicas["r1"].in_flight == 1
+
+
+def test_dispatching_a_warm_model_loads_nothing_and_refreshes_its_use() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 7.0)]), now=10.0)
+    assert view.dispatch("r1", "a", now=12.0) is False
+    assert view.dispatch("r1", "a", now=13.0) is False
+    copy = view.replicas["r1"].models["a"]
+    assert (copy.in_flight, copy.last_used) == (2, 13.0)
+    assert view.replicas["r1"].in_flight == 2
+    assert [c.model_id for c in view.replicas["r1"].lru_models()][-1] == "a"
+
+
+def test_a_request_without_a_model_counts_in_flight_only() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    assert view.dispatch("r1", "", now=1.0) is False
+    assert view.replicas["r1"].in_flight == 1
+    assert "" not in view.holders
+    view.finish("r1", "", now=2.0)
+    assert view.replicas["r1"].in_flight == 0
+
+
+def test_a_cold_dispatch_at_capacity_drops_the_oldest_model_not_in_use() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 9.0, 1), ("b", 5.0), ("c", 1.0)], capacity=3), now=10.0)
+    assert view.dispatch("r1", "m", now=11.0) is True
+    assert held(view, "r1") == {"a", "c", "m"}
+    assert "b" not in view.holders
+    # Our own in-flight request pins a model the same way a reported one does.
+    view.dispatch("r1", "c", now=12.0)
+    view.finish("r1", "m", now=12.5)
+    view.apply_report(snapshot("r1", [("a", 9.0, 1), ("c", 0.0), ("m", 0.0)], sequence=2), now=13.0)
+    assert view.dispatch("r1", "n", now=14.0) is True
+    assert held(view, "r1") == {"a", "c", "n"}
+
+
+def test_a_cold_dispatch_drops_the_model_it_was_told_to_evict() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 9.0), ("b", 1.0)], capacity=2), now=10.0)
+    assert view.dispatch("r1", "m", now=11.0, evict="b") is True
+    assert held(view, "r1") == {"a", "m"}
+    assert view.holders == {"a": {"r1"}, "m": {"r1"}}
+
+
+def test_an_evict_that_is_already_gone_falls_back_to_the_replicas_own_choice() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 9.0), ("b", 1.0)], capacity=2), now=10.0)
+    view.dispatch("r1", "m", now=11.0, evict="zzz")
+    assert held(view, "r1") == {"b", "m"}
+
+
+def test_a_cold_dispatch_with_a_free_slot_drops_nothing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"], capacity=3), now=10.0)
+    view.dispatch("r1", "m", now=11.0)
+    assert held(view, "r1") == {"a", "b", "m"}
+
+
+def test_a_cold_dispatch_at_capacity_with_everything_in_use_drops_nothing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 9.0, 1)], loading=["b"], capacity=2), now=10.0)
+    view.dispatch("r1", "m", now=11.0)
+    assert held(view, "r1") == {"a", "b", "m"}
+
+
+def test_finish_decrements_in_flight_and_never_below_zero() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    view.dispatch("r1", "a", now=1.0)
+    view.dispatch("r1", "a", now=1.0)
+    view.finish("r1", "a", now=2.0)
+    replica = view.replicas["r1"]
+    assert (replica.in_flight, replica.models["a"].in_flight) == (1, 1)
+    for _ in range(3):
+        view.finish("r1", "a", now=3.0)
+    assert (replica.in_flight, replica.models["a"].in_flight) == (0, 0)
+    assert replica.models["a"].last_used == 3.0
+    view.finish("r1", "not-held", now=4.0)
+    view.finish("unknown", "a", now=4.0)
+    assert replica.in_flight == 0
+
+
+# -- a report that predates a dispatch -------------------------------------------------------
+
+
+def _with_pending(grace_s: float = 2.0) -> ClusterView:
+    view = ClusterView(pending_grace_s=grace_s)
+    view.apply_report(snapshot("r1", ["a"], sequence=1), now=0.0)
+    view.dispatch("r1", "m", now=0.0)
+    return view
+
+
+def test_an_old_report_does_not_erase_a_placement_while_its_request_is_in_flight() -> None:
+    view = _with_pending()
+    view.apply_report(snapshot("r1", ["a"], sequence=2), now=100.0)
+    assert "m" in held(view, "r1")
+    assert view.holders["m"] == {"r1"}
+    assert view.replicas["r1"].models["m"].in_flight == 1
+
+
+def test_an_old_report_does_not_erase_a_placement_within_the_grace_after_finish() -> None:
+    view = _with_pending(grace_s=2.0)
+    view.finish("r1", "m", now=10.0)
+    view.apply_report(snapshot("r1", ["a"], sequence=2), now=11.9)
+    assert view.holders["m"] == {"r1"}
+
+
+def test_a_report_erases_the_placement_once_the_request_and_the_grace_are_over() -> None:
+    view = _with_pending(grace_s=2.0)
+    view.apply_report(snapshot("r1", ["a"], sequence=2), now=1.0)
+    view.finish("r1", "m", now=1.5)
+    view.apply_report(snapshot("r1", ["a"], sequence=3), now=3.0)
+    assert "m" in held(view, "r1")
+    view.apply_report(snapshot("r1", ["a"], sequence=4), now=3.6)
+    assert held(view, "r1") == {"a"}
+    assert "m" not in view.holders
+
+
+def test_a_placement_the_replica_confirmed_leaves_with_the_next_report_without_it() -> None:
+    view = _with_pending(grace_s=2.0)
+    view.finish("r1", "m", now=0.5)
+    view.apply_report(snapshot("r1", ["a", "m"], sequence=2), now=1.0)
+    view.apply_report(snapshot("r1", ["a"], sequence=3), now=1.5)
+    assert "m" not in view.holders
+
+
+def test_an_old_report_listing_the_model_as_loading_keeps_our_in_flight_count() -> None:
+    view = _with_pending()
+    view.apply_report(snapshot("r1", ["a"], loading=["m"], sequence=2), now=1.0)
+    copy = view.replicas["r1"].models["m"]
+    assert copy.loading
+    assert copy.in_flight == 1
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_mark_down_unindexes_the_replica_and_takes_it_out_of_routing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"]), now=0.0)
+    view.apply_report(snapshot("r2", ["b"]), now=0.0)
+    view.dispatch("r1", "a", now=0.5)
+    assert view.mark_down("r1", "inc-1") is True
+    replica = view.replicas["r1"]
+    assert replica.status is ReplicaStatus.DOWN
+    assert not replica.routable
+    assert replica.models == {}
+    assert view.holders == {"b": {"r2"}}
+    assert [r.replica_id for r in view.routable()] == ["r2"]
+    view.finish("r1", "a", now=1.0)
+    assert replica.in_flight == 0
+
+
+def test_mark_down_without_incarnation_marks_whatever_process_is_there() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    assert view.mark_down("r1") is True
+    assert view.replicas["r1"].down
+
+
+def test_mark_down_of_a_stale_incarnation_or_unknown_replica_does_nothing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], incarnation="old"), now=0.0)
+    view.apply_report(snapshot("r1", ["b"], incarnation="new"), now=1.0)
+    assert view.mark_down("r1", "old") is False
+    assert view.mark_down("nobody") is False
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+    assert view.holders == {"b": {"r1"}}
+
+
+def test_a_later_report_revives_a_replica_marked_down() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], sequence=1), now=0.0)
+    view.mark_down("r1")
+    assert view.apply_report(snapshot("r1", ["a"], sequence=1), now=1.0) is (
+        ReportOutcome.OUT_OF_ORDER
+    )
+    assert view.replicas["r1"].down
+    assert view.apply_report(snapshot("r1", ["a", "c"], sequence=2), now=2.0) is (
+        ReportOutcome.APPLIED
+    )
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+    assert view.holders == {"a": {"r1"}, "c": {"r1"}}
+
+
+def test_expire_marks_quiet_replicas_stale_once_and_a_report_clears_it() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], sequence=1), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=4.0)
+    view.apply_report(snapshot("r3", ["a"]), now=0.0)
+    view.mark_down("r3")
+    assert view.expire(now=5.0, timeout_s=5.0) == []
+    assert view.expire(now=5.5, timeout_s=5.0) == ["r1"]
+    assert view.replicas["r1"].status is ReplicaStatus.STALE
+    assert view.replicas["r3"].status is ReplicaStatus.DOWN
+    assert not view.replicas["r1"].routable
+    assert view.holders["a"] == {"r1", "r2"}  # stale is not gone: its models stay indexed
+    assert view.expire(now=6.0, timeout_s=5.0) == []
+    view.apply_report(snapshot("r1", ["a"], sequence=2), now=7.0)
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+    assert view.expire(now=11.0, timeout_s=5.0) == ["r2"]
+
+
+def test_forget_removes_the_replica_and_its_index_entries() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"]), now=0.0)
+    view.apply_report(snapshot("r2", ["b"]), now=0.0)
+    view.dispatch("r1", "m", now=1.0)
+    view.forget("r1")
+    view.forget("nobody")
+    assert "r1" not in view.replicas
+    assert view.holders == {"b": {"r2"}}
+    view.finish("r1", "m", now=2.0)
+    assert view.apply_report(snapshot("r1", ["z"]), now=3.0) is ReportOutcome.NEW_REPLICA
+    assert view.replicas["r1"].in_flight == 0
+
+
+# -- property: the index always matches the replicas -----------------------------------------
+
+REPLICA_IDS = ("r0", "r1", "r2")
+MODEL_IDS = ("m0", "m1", "m2", "m3", "m4")
+INCARNATIONS = ("i0", "i1")
+
+
+@st.composite
+def reports(draw: st.DrawFn) -> ReplicaSnapshot:
+    resident = draw(st.lists(st.sampled_from(MODEL_IDS), unique=True, max_size=4))
+    return snapshot(
+        draw(st.sampled_from(REPLICA_IDS)),
+        [(m, draw(st.floats(0.0, 10.0)), draw(st.integers(0, 2))) for m in resident],
+        loading=draw(st.lists(st.sampled_from(MODEL_IDS), unique=True, max_size=2)),
+        sequence=draw(st.integers(0, 8)),
+        incarnation=draw(st.sampled_from(INCARNATIONS)),
+        capacity=draw(st.sampled_from([-1, 1, 2, 3])),
+        max_ongoing_requests=draw(st.integers(1, 4)),
+        draining=draw(st.booleans()),
+    )
+
+
+class ViewMachine(RuleBasedStateMachine):
+    """Drives a view with random operations and keeps a model of what it must remember:
+    the requests dispatched and not finished, per replica and per (replica, model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.view = ClusterView(pending_grace_s=1.5)
+        self.now = 0.0
+        self.known: dict[str, tuple[str, int]] = {}  # replica id -> (incarnation, sequence)
+        self.replica_in_flight: dict[str, int] = {}
+        self.model_in_flight: dict[tuple[str, str], int] = {}
+        self.outstanding: list[tuple[str, str]] = []
+
+    def _forget_models_of(self, replica_id: str) -> None:
+        for key in [k for k in self.model_in_flight if k[0] == replica_id]:
+            del self.model_in_flight[key]
+
+    @rule(dt=st.floats(0.0, 3.0))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+
+    @rule(report=reports())
+    def report(self, report: ReplicaSnapshot) -> None:
+        rid = report.replica_id
+        before = self.known.get(rid)
+        in_flight_before = (
+            {m: c.in_flight for m, c in self.view.replicas[rid].models.items()}
+            if rid in self.view.replicas
+            else {}
+        )
+        outcome = self.view.apply_report(report, self.now)
+        if before is None:
+            assert outcome is ReportOutcome.NEW_REPLICA
+        elif before[0] != report.incarnation:
+            assert outcome is ReportOutcome.NEW_INCARNATION
+            self._forget_models_of(rid)
+        elif report.sequence <= before[1]:
+            assert outcome is ReportOutcome.OUT_OF_ORDER
+            return
+        else:
+            assert outcome is ReportOutcome.APPLIED
+            for model_id, count in in_flight_before.items():
+                if count > 0:
+                    assert model_id in self.view.replicas[rid].models
+        self.known[rid] = (report.incarnation, report.sequence)
+        replica = self.view.replicas[rid]
+        assert not replica.down
+        assert not replica.stale
+        assert replica.draining is report.draining
+        reported = {e.model_id for e in report.models} | set(report.loading)
+        assert reported <= set(replica.models)
+        for model_id in report.loading:
+            assert replica.models[model_id].loading
+
+    @precondition(lambda self: bool(self.view.replicas))
+    @rule(data=st.data(), model_id=st.sampled_from((*MODEL_IDS, "")))
+    def dispatch(self, data: st.DataObject, model_id: str) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.view.replicas)))
+        replica = self.view.replicas[rid]
+        evictable = sorted(m for m, c in replica.models.items() if not c.in_use)
+        evict = data.draw(st.none() | st.sampled_from((*evictable, "gone")))
+        was_held = model_id in replica.models
+        candidate = replica.eviction_candidate()
+        full = replica.free_slots <= 0
+        cold = self.view.dispatch(rid, model_id, self.now, evict=evict)
+        self.replica_in_flight[rid] = self.replica_in_flight.get(rid, 0) + 1
+        self.outstanding.append((rid, model_id))
+        if not model_id:
+            assert cold is False
+            return
+        assert cold is (not was_held)
+        key = (rid, model_id)
+        self.model_in_flight[key] = self.model_in_flight.get(key, 0) + 1
+        assert model_id in replica.models
+        assert replica.models[model_id].last_used == self.now
+        if cold and evict in evictable:
+            assert evict not in replica.models
+        elif cold and full and candidate is not None:
+            assert candidate.model_id not in replica.models
+
+    @precondition(lambda self: bool(self.outstanding))
+    @rule(data=st.data())
+    def finish(self, data: st.DataObject) -> None:
+        index = data.draw(st.integers(0, len(self.outstanding) - 1))
+        rid, model_id = self.outstanding.pop(index)
+        self.view.finish(rid, model_id, self.now)
+        if rid in self.replica_in_flight:
+            self.replica_in_flight[rid] = max(0, self.replica_in_flight[rid] - 1)
+        key = (rid, model_id)
+        if key in self.model_in_flight:
+            self.model_in_flight[key] = max(0, self.model_in_flight[key] - 1)
+
+    @rule(
+        rid=st.sampled_from(REPLICA_IDS),
+        incarnation=st.none() | st.sampled_from(INCARNATIONS),
+    )
+    def mark_down(self, rid: str, incarnation: str | None) -> None:
+        expected = rid in self.known and incarnation in (None, self.known[rid][0])
+        assert self.view.mark_down(rid, incarnation) is expected
+        if expected:
+            self._forget_models_of(rid)
+            replica = self.view.replicas[rid]
+            assert replica.down
+            assert not replica.routable
+            assert replica.models == {}
+
+    @rule(timeout_s=st.floats(0.5, 6.0))
+    def expire(self, timeout_s: float) -> None:
+        was_stale = {r.replica_id for r in self.view if r.stale}
+        newly = self.view.expire(self.now, timeout_s)
+        for replica in self.view:
+            quiet = self.now - replica.last_report_at > timeout_s
+            should_be_new = quiet and not replica.down and replica.replica_id not in was_stale
+            assert (replica.replica_id in newly) is should_be_new
+            if replica.replica_id in newly:
+                assert replica.status is ReplicaStatus.STALE
+
+    @rule(rid=st.sampled_from(REPLICA_IDS))
+    def forget(self, rid: str) -> None:
+        self.view.forget(rid)
+        assert rid not in self.view.replicas
+        self.known.pop(rid, None)
+        self.replica_in_flight.pop(rid, None)
+        self._forget_models_of(rid)
+
+    @invariant()
+    def index_matches_the_replicas(self) -> None:
+        assert self.view.holders == expected_index(self.view)
+        assert all(self.view.holders.values())
+
+    @invariant()
+    def in_flight_is_never_negative_and_matches_the_requests(self) -> None:
+        for replica in self.view:
+            assert replica.in_flight >= 0
+            assert replica.in_flight == self.replica_in_flight.get(replica.replica_id, 0)
+            for copy in replica.models.values():
+                assert copy.in_flight >= 0
+
+    @invariant()
+    def a_model_with_requests_in_flight_stays(self) -> None:
+        for (rid, model_id), count in self.model_in_flight.items():
+            if count > 0:
+                copy = self.view.replicas[rid].models.get(model_id)
+                assert copy is not None, f"{model_id} left {rid} with {count} in flight"
+                assert copy.in_flight == count
+                assert copy.in_use
+
+
+ViewMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_view_machine = ViewMachine.TestCase
+
+
+def test_many_replicas_for_one_model_keep_the_index_exact() -> None:
+    view = ClusterView()
+    for n in range(5):
+        view.apply_report(snapshot(f"r{n}", ["shared", f"own{n}"]), now=0.0)
+    assert view.holders["shared"] == {f"r{n}" for n in range(5)}
+    for n in range(5):
+        view.mark_down(f"r{n}")
+        assert view.holders == expected_index(view)
+    assert view.holders == {}
+
+
+def _sorted(holders: Mapping[str, set[str]]) -> list[tuple[str, list[str]]]:
+    return sorted((m, sorted(ids)) for m, ids in holders.items())
+
+
+def test_an_index_entry_survives_the_other_holders_leaving() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=0.0)
+    view.forget("r2")
+    assert _sorted(view.holders) == [("a", ["r1"])]
