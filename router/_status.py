@@ -73,12 +73,20 @@ class _RouterCollector(Collector):
         queued.add_metric([], self.server.admission.queued)
         yield queued
         in_flight = GaugeMetricFamily(
-            "modelplex_replica_in_flight_requests", "Requests in flight", labels=["replica"]
+            "modelplex_router_replica_in_flight_requests",
+            "This router's requests in flight per replica",
+            labels=["replica"],
         )
         models = GaugeMetricFamily(
-            "modelplex_replica_models", "Models resident or loading", labels=["replica"]
+            "modelplex_router_replica_models",
+            "Models resident or loading, as the router sees them",
+            labels=["replica"],
         )
-        up = GaugeMetricFamily("modelplex_replica_routable", "1 if routable", labels=["replica"])
+        up = GaugeMetricFamily(
+            "modelplex_router_replica_routable",
+            "1 if the router sends requests to it",
+            labels=["replica"],
+        )
         for replica in self.server.view:
             in_flight.add_metric([replica.replica_id], replica.in_flight)
             models.add_metric([replica.replica_id], len(replica.models))

@@ -1,0 +1,184 @@
+"""`python -m replica`: run one replica process from the cluster config.
+
+Exit codes: 0 after a graceful drain (SIGTERM or SIGINT); 2 for a problem the operator must
+fix (bad config, no secret, deployment not importable, bad flags); 1 when the deployment's
+constructor fails or the port cannot be bound. Logs go to stderr; stdout carries exactly one
+line, `modelplex replica {replica_id} listening on {url}`, which the launcher waits for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from common.auth import load_secret
+from common.config import ConfigError, DeploymentConfig, load_config
+from common.loop import event_loop_runner
+from replica._deployment import DeploymentError, build_deployment, import_deployment
+from replica._runtime import runtime
+from replica.server import ReplicaServer
+
+__all__ = ["run_replica"]
+
+logger = logging.getLogger("modelplex.replica")
+
+_PROG = "python -m replica"
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+class _UsageError(Exception):
+    """A problem the operator must fix; exit status 2."""
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=_PROG, description="Run one modelplex replica.")
+    parser.add_argument("--config", required=True, help="the cluster config (YAML)")
+    parser.add_argument(
+        "--replica-id", required=True, help='this replica\'s name, e.g. "replica-0"'
+    )
+    parser.add_argument(
+        "--router",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a router to report to (repeatable); default: the config's router address",
+    )
+    parser.add_argument("--host", help="address to bind; default: the config's deployment.host")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 (default) = any")
+    parser.add_argument("--advertise-url", help="the URL routers use to reach this replica")
+    parser.add_argument("--secret-file", help="file holding the cluster secret")
+    return parser.parse_args(argv)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _check_url(url: str, what: str) -> str:
+    if not url.startswith(("http://", "https://")) or " " in url:
+        raise _UsageError(f"{what} must be an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _routers(args: argparse.Namespace, host: str, port: int) -> list[str]:
+    if args.router:
+        return [_check_url(url, "--router") for url in args.router]
+    if port == 0:
+        raise _UsageError("the config's router.port is 0 (any port), so pass --router URL")
+    return [f"http://{_url_host(_WILDCARD_TO_LOOPBACK.get(host, host))}:{port}"]
+
+
+def run_replica(argv: Sequence[str] | None = None) -> int:
+    """Run a replica until SIGTERM/SIGINT; return the process exit status."""
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        secret = load_secret(secret_file=args.secret_file)
+        if secret is None:
+            raise _UsageError(
+                "no cluster secret: set MODELPLEX_SECRET (or MODELPLEX_SECRET_FILE) "
+                "or pass --secret-file"
+            )
+        routers = _routers(args, config.router.host, config.router.port)
+        advertise_url = (
+            _check_url(args.advertise_url, "--advertise-url") if args.advertise_url else None
+        )
+        if not 0 <= args.port <= 65535:
+            raise _UsageError(f"--port must be from 0 to 65535, got {args.port}")
+        deployment_config = config.deployment
+        os.environ["MODELPLEX_REPLICA_ID"] = args.replica_id
+        runtime.capacity_override = deployment_config.max_num_models_per_replica
+        runtime.slot_timeout_s = deployment_config.model_load_timeout_s
+        target = import_deployment(deployment_config.import_path)
+    except (ConfigError, _UsageError, DeploymentError, ValueError) as error:
+        print(f"{_PROG}: {error}", file=sys.stderr, flush=True)
+        return 2
+
+    async def main() -> int:
+        return await _serve(
+            target,
+            deployment_config,
+            replica_id=args.replica_id,
+            routers=routers,
+            secret=secret,
+            host=args.host or deployment_config.host,
+            port=args.port,
+            advertise_url=advertise_url,
+        )
+
+    with event_loop_runner() as runner:
+        return runner.run(main())
+
+
+async def _serve(
+    target: object,
+    config: DeploymentConfig,
+    *,
+    replica_id: str,
+    routers: list[str],
+    secret: str,
+    host: str,
+    port: int,
+    advertise_url: str | None,
+) -> int:
+    try:
+        deployment = build_deployment(target, config.init_kwargs)
+    except DeploymentError as error:
+        print(f"{_PROG}: {error}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        logger.exception("the deployment's constructor failed")
+        return 1
+    server = ReplicaServer(
+        deployment,
+        replica_id=replica_id,
+        routers=routers,
+        secret=secret,
+        max_ongoing_requests=config.max_ongoing_requests,
+        heartbeat_interval_s=config.heartbeat_interval_s,
+        graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
+    )
+    runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        return await _listen_and_wait(server, runner, host, port, advertise_url)
+    finally:
+        await runner.cleanup()
+
+
+async def _listen_and_wait(
+    server: ReplicaServer, runner: web.AppRunner, host: str, port: int, advertise_url: str | None
+) -> int:
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as error:
+        print(f"{_PROG}: cannot listen on {host}:{port}: {error}", file=sys.stderr, flush=True)
+        return 1
+    bound: Any = runner.addresses[0]
+    url = advertise_url or f"http://{_url_host(host)}:{bound[1]}"
+    try:
+        await server.start(url)
+    except ValueError as error:
+        print(f"{_PROG}: cannot report as {server.replica_id!r}: {error}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"modelplex replica {server.replica_id} listening on {url}", flush=True)
+    await stop.wait()
+    logger.info("replica %s got a stop signal", server.replica_id)
+    await server.drain()
+    return 0

@@ -1,0 +1,113 @@
+"""The replica's state report, built from its caches: pure, the time is passed in.
+
+A replica may hold several multiplexed caches (one per decorated loader and instance); the
+router sees one replica, so they are merged here:
+- models from every cache in one LRU order (least recently used first, by last use); an id
+  resident in two caches appears once, with its latest use and the sum of its pins;
+- capacity is the sum of the caches' capacities, or unlimited (-1) if any cache is unlimited;
+  with no cache yet, the capacity the replica will create caches with (`fallback_capacity`);
+- ids the wire format refuses (a loader may be called with any non-empty string) are left out,
+  so one odd id never silences the whole report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from common.model_id import InvalidModelId, validate_model_id
+from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, ReplicaSnapshot
+from replica._cache import CacheState
+from replica._metrics import CacheMetrics
+
+__all__ = ["DEFAULT_CAPACITY", "build_snapshot", "combined_capacity", "mean_load_ms"]
+
+DEFAULT_CAPACITY = 3
+"""`@multiplexed`'s default `max_num_models_per_replica`, as in Ray Serve."""
+
+
+def combined_capacity(capacities: Iterable[int], *, fallback: int) -> int:
+    """The slots of several caches together; `fallback` when there is no cache."""
+    total = 0
+    seen = False
+    for capacity in capacities:
+        if capacity == UNLIMITED_CAPACITY:
+            return UNLIMITED_CAPACITY
+        total += capacity
+        seen = True
+    return total if seen else fallback
+
+
+def mean_load_ms(metrics: Iterable[CacheMetrics]) -> float | None:
+    """Mean model-load latency over every cache, in milliseconds; None before the first load."""
+    count = 0
+    total_ms = 0.0
+    for m in metrics:
+        count += m.load_latency_ms.count
+        total_ms += m.load_latency_ms.sum_ms
+    return total_ms / count if count else None
+
+
+def _reportable(model_id: str) -> bool:
+    try:
+        validate_model_id(model_id)
+    except InvalidModelId:
+        return False
+    return model_id != ""
+
+
+def _merged_models(states: Sequence[CacheState], now: float) -> tuple[ModelEntry, ...]:
+    if len(states) == 1:
+        rows = [(m.model_id, m.last_used, m.pins) for m in states[0].models]
+    else:
+        merged: dict[str, tuple[float, int]] = {}
+        for state in states:
+            for m in state.models:
+                last_used, pins = merged.get(m.model_id, (m.last_used, 0))
+                merged[m.model_id] = (max(last_used, m.last_used), pins + m.pins)
+        rows = sorted(
+            ((model_id, last, pins) for model_id, (last, pins) in merged.items()),
+            key=lambda row: row[1],
+        )
+    entries = [
+        ModelEntry(model_id=model_id, idle_s=max(0.0, float(now - last_used)), in_use=pins)
+        for model_id, last_used, pins in rows
+        if _reportable(model_id)
+    ]
+    return tuple(entries[-MAX_MODELS_PER_REPORT:])  # the most recently used, if ever too many
+
+
+def _merged_loading(states: Sequence[CacheState]) -> tuple[str, ...]:
+    loading = dict.fromkeys(
+        model_id for state in states for model_id in state.loading if _reportable(model_id)
+    )
+    return tuple(loading)[:MAX_MODELS_PER_REPORT]
+
+
+def build_snapshot(
+    *,
+    replica_id: str,
+    incarnation: str,
+    sequence: int,
+    url: str,
+    states: Sequence[CacheState],
+    fallback_capacity: int,
+    in_flight: int,
+    max_ongoing_requests: int,
+    draining: bool,
+    load_ms_avg: float | None,
+    now: float,
+) -> ReplicaSnapshot:
+    """The snapshot of a replica whose caches are in `states`, at `now` on the caches' clock."""
+    return ReplicaSnapshot(
+        replica_id=replica_id,
+        incarnation=incarnation,
+        sequence=sequence,
+        url=url,
+        capacity=combined_capacity((s.capacity for s in states), fallback=fallback_capacity),
+        models=_merged_models(states, now),
+        loading=_merged_loading(states),
+        in_flight=in_flight,
+        max_ongoing_requests=max_ongoing_requests,
+        draining=draining,
+        load_ms_avg=load_ms_avg,
+    )

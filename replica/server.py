@@ -1,0 +1,269 @@
+"""The replica's HTTP server: every request goes to the user's deployment, inside its model id.
+
+`ReplicaServer` is thin glue: it reads the model id, opens the request's context (the model
+pins live exactly as long as the answer is being sent), calls the deployment and translates
+its result or exception into HTTP (`replica._respond`). It counts requests in flight, serves
+`/-/healthz`, `/-/state` and `/-/metrics`, reports the caches' state to every router
+(`replica._reporter`), and drains gracefully.
+
+Error answers are JSON `{"error": {"code", "message"}}` with a stable code:
+`invalid_model_id` (400), `model_slot_timeout` (503, Retry-After), `draining` (503, Retry-After),
+`deployment_error` (500). An `aiohttp.web.HTTPException` the deployment raises is its answer.
+
+The process entry point (`python -m replica`) is in `replica._cli`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from multidict import istr
+
+from common.model_id import InvalidModelId, model_id_from_headers
+from common.wire import ReplicaSnapshot, encode_snapshot
+from replica._cache import CacheClosed, ModelSlotTimeout
+from replica._context import RequestScope, request_context
+from replica._deployment import open_caches
+from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
+from replica._reporter import Reporter
+from replica._respond import error_response, respond
+from replica._runtime import runtime
+from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms
+
+__all__ = ["COLD_HEADER", "REPLICA_HEADER", "ReplicaServer"]
+
+logger = logging.getLogger("modelplex.replica")
+
+REPLICA_HEADER = istr("x-modelplex-replica")
+COLD_HEADER = istr("x-modelplex-cold")
+_RETRY_AFTER = istr("Retry-After")
+_RESERVED_METHODS = frozenset({"GET", "HEAD"})
+
+Deployment = Callable[[web.Request], Any]
+
+
+class ReplicaServer:
+    """Serve one deployment instance over HTTP and report its caches to the routers.
+
+    Lifecycle: build it, serve `app` (an `AppRunner`, or aiohttp's `TestServer`), call
+    `start(url)` once the listening address is known, and `drain()` to stop: it reports
+    draining, lets the requests still arriving finish, shuts the caches down (model cleanup
+    runs), sends a final report and closes the channels. The caller then stops the listener.
+
+    Building it creates the caches of the deployment's `@multiplexed` methods, so set
+    `runtime.capacity_override` and `runtime.slot_timeout_s` first.
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        replica_id: str,
+        routers: Sequence[str] = (),
+        secret: str | None = None,
+        max_ongoing_requests: int = 8,
+        heartbeat_interval_s: float = 1.0,
+        graceful_shutdown_timeout_s: float = 30.0,
+        drain_quiet_s: float = 0.2,
+        client_max_size_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if routers and secret is None:
+            raise ValueError("a secret is needed to report to routers")
+        self.replica_id = replica_id
+        self.incarnation = uuid.uuid4().hex
+        self.url: str | None = None
+        self.max_ongoing_requests = max_ongoing_requests
+        self.graceful_shutdown_timeout_s = graceful_shutdown_timeout_s
+        self.drain_quiet_s = drain_quiet_s
+        self.in_flight = 0
+        self.draining = False
+        self._deployment = deployment
+        self._sequence = -1
+        self._last_arrival = 0.0
+        self._idle: asyncio.Event | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self.reporter = Reporter(
+            routers,
+            secret=secret or "",
+            build_snapshot=self.snapshot,
+            heartbeat_interval_s=heartbeat_interval_s,
+        )
+        self._metrics = ReplicaMetrics(replica_id=replica_id, in_flight=lambda: self.in_flight)
+        open_caches(deployment)
+        self.app = web.Application(client_max_size=client_max_size_bytes)
+        self.app.router.add_route("*", "/-/healthz", self._healthz)
+        self.app.router.add_route("*", "/-/state", self._state)
+        self.app.router.add_route("*", "/-/metrics", self._metrics_text)
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, url: str) -> None:
+        """Advertise `url` to the routers and start reporting; raises ValueError if the
+        replica id or the url cannot be reported."""
+        self.url = url
+        encode_snapshot(self.snapshot())  # WireError (a ValueError) names what is wrong
+        runtime.add_listener(lambda _event: self.reporter.notify())
+        self.reporter.start()
+
+    async def drain(self) -> None:
+        """Stop gracefully; idempotent, and concurrent callers wait for the same drain."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.graceful_shutdown_timeout_s
+        self.draining = True
+        self._last_arrival = loop.time()
+        self._idle = asyncio.Event()
+        self.reporter.notify()
+        logger.info("replica %s draining: %d requests in flight", self.replica_id, self.in_flight)
+        await self._wait_until_quiet(deadline)
+        remaining_s = max(deadline - loop.time(), 1.0)
+        try:
+            async with asyncio.timeout(remaining_s):
+                for cache in runtime.caches():
+                    await cache.shutdown()
+        except TimeoutError:
+            logger.warning("model cleanup did not finish within %.1f s; leaving it", remaining_s)
+        await self.reporter.close(final_report=True)
+        logger.info("replica %s drained", self.replica_id)
+
+    async def _wait_until_quiet(self, deadline: float) -> None:
+        """Until nothing is in flight and nothing arrived for `drain_quiet_s`, or `deadline`."""
+        loop = asyncio.get_running_loop()
+        assert self._idle is not None
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                logger.warning(
+                    "graceful shutdown timeout reached with %d requests in flight", self.in_flight
+                )
+                return
+            if self.in_flight == 0:
+                quiet_left = self._last_arrival + self.drain_quiet_s - now
+                if quiet_left <= 0:
+                    return
+                await asyncio.sleep(min(quiet_left, deadline - now))
+            else:
+                self._idle.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), deadline - now)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def snapshot(self) -> ReplicaSnapshot:
+        """The replica's state now, with the next sequence number."""
+        self._sequence += 1
+        caches = runtime.caches()
+        override = runtime.capacity_override
+        return build_snapshot(
+            replica_id=self.replica_id,
+            incarnation=self.incarnation,
+            sequence=self._sequence,
+            url=self.url or "",
+            states=[cache.state() for cache in caches],
+            fallback_capacity=DEFAULT_CAPACITY if override is None else override,
+            in_flight=self.in_flight,
+            max_ongoing_requests=self.max_ongoing_requests,
+            draining=self.draining,
+            load_ms_avg=mean_load_ms(cache.metrics for cache in caches),
+            now=time.monotonic(),
+        )
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            model_id = model_id_from_headers(request.headers)
+        except InvalidModelId as error:
+            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+        self.in_flight += 1
+        if self.draining:
+            self._last_arrival = asyncio.get_running_loop().time()
+        try:
+            with request_context(model_id) as scope:
+                return await self._serve(request, scope)
+        finally:
+            self.in_flight -= 1
+            if self._idle is not None and self.in_flight == 0:
+                self._idle.set()
+
+    async def _serve(self, request: web.Request, scope: RequestScope) -> web.StreamResponse:
+        def stamp(response: web.StreamResponse) -> None:
+            response.headers[REPLICA_HEADER] = self.replica_id
+            if scope.waited_for_load:
+                response.headers[COLD_HEADER] = "1"
+
+        try:
+            result = self._deployment(request)
+            if inspect.isawaitable(result):
+                result = await result
+            return await respond(request, result, stamp)
+        except web.HTTPException as answer:
+            stamp(answer)
+            raise
+        except ModelSlotTimeout as error:
+            response = error_response(503, "model_slot_timeout", str(error))
+            response.headers[_RETRY_AFTER] = "1"
+        except CacheClosed as error:
+            response = error_response(503, "draining", str(error))
+            response.headers[_RETRY_AFTER] = "1"
+        except Exception as error:
+            logger.exception(
+                "the deployment failed on %s %s (model %r)",
+                request.method,
+                request.path,
+                scope.model_id,
+            )
+            message = f"{type(error).__name__}: {error}"
+            response = error_response(500, "deployment_error", message)
+        stamp(response)
+        return response
+
+    def _stamped(self, response: web.StreamResponse) -> web.StreamResponse:
+        response.headers[REPLICA_HEADER] = self.replica_id
+        return response
+
+    # -- reserved endpoints ----------------------------------------------------------------
+
+    def _reserved(
+        self, request: web.Request, answer: Callable[[], web.StreamResponse]
+    ) -> web.StreamResponse:
+        if request.method not in _RESERVED_METHODS:
+            response = error_response(405, "method_not_allowed", f"{request.path} answers GET only")
+            response.headers["Allow"] = "GET, HEAD"
+            return self._stamped(response)
+        return self._stamped(answer())
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        def answer() -> web.StreamResponse:
+            if self.draining:
+                return web.json_response({"status": "draining"}, status=503)
+            return web.json_response({"status": "ok"})
+
+        return self._reserved(request, answer)
+
+    async def _state(self, request: web.Request) -> web.StreamResponse:
+        return self._reserved(
+            request, lambda: web.json_response(dataclasses.asdict(self.snapshot()))
+        )
+
+    async def _metrics_text(self, request: web.Request) -> web.StreamResponse:
+        return self._reserved(
+            request,
+            lambda: web.Response(
+                body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+            ),
+        )

@@ -1,0 +1,520 @@
+"""The replica HTTP server: answers, errors, pins held while answering, drain, the CLI."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from replica import get_multiplexed_model_id, multiplexed
+from replica._cli import run_replica
+from replica._runtime import runtime
+from replica.server import ReplicaServer
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "serve_multiplexed_model_id"
+
+
+class Model:
+    def __init__(self, model_id: str, cleaned: list[str]) -> None:
+        self.model_id = model_id
+        self._cleaned = cleaned
+
+    def __del__(self) -> None:
+        self._cleaned.append(self.model_id)
+
+
+class Echo:
+    """A deployment with knobs: `?kind=` picks what `__call__` returns or raises; streams
+    advance one chunk per item put in `steps`."""
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+        self.cleaned: list[str] = []
+        self.steps: asyncio.Queue[None] = asyncio.Queue()
+
+    @multiplexed(max_num_models_per_replica=2)
+    async def load_model(self, model_id: str) -> Model:
+        self.loads.append(model_id)
+        return Model(model_id, self.cleaned)
+
+    async def _chunks(self, count: int, *, text: bool, fail: bool = False) -> AsyncIterator[Any]:
+        for index in range(count):
+            if index:
+                await self.steps.get()
+            yield f"chunk-{index};" if text else f"chunk-{index};".encode()
+        if fail:
+            raise RuntimeError("stream broke")
+
+    async def __call__(self, request: web.Request) -> object:
+        model_id = get_multiplexed_model_id()
+        if model_id:
+            await self.load_model(model_id)
+        kind = request.query.get("kind", "json")
+        count = int(request.query.get("chunks", "3"))
+        answers: dict[str, Callable[[], object]] = {
+            "json": lambda: {"model": model_id, "path": request.path, "method": request.method},
+            "list": lambda: [model_id, 1],
+            "text": lambda: f"hello {model_id}",
+            "bytes": lambda: b"\x00\x01",
+            "bytearray": lambda: bytearray(b"ab"),
+            "none": lambda: None,
+            "response": lambda: web.Response(text="custom", status=201, headers={"x-k": "v"}),
+            "stream": lambda: self._chunks(count, text=False),
+            "stream_text": lambda: self._chunks(count, text=True),
+            "stream_fail": lambda: self._chunks(count, text=False, fail=True),
+            "number": lambda: 42,
+        }
+        if kind == "fail":
+            raise RuntimeError("boom")
+        if kind == "http_error":
+            raise web.HTTPNotFound(text="no such thing")
+        if kind == "prepared":
+            response = web.StreamResponse(headers={"x-prepared": "yes"})
+            await response.prepare(request)
+            await response.write(b"written by the deployment")
+            return response
+        return answers[kind]()
+
+
+@dataclass
+class Replica:
+    server: ReplicaServer
+    client: TestClient[web.Request, web.Application]
+    deployment: Echo
+
+    async def get(self, model_id: str | None, **query: str) -> aiohttp.ClientResponse:
+        headers = {} if model_id is None else {MODEL: model_id}
+        return await self.client.get("/predict", headers=headers, params=query)
+
+    def resident(self) -> list[tuple[str, int]]:
+        return [(m.model_id, m.in_use) for m in self.server.snapshot().models]
+
+
+StartReplica = Callable[..., Awaitable[Replica]]
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.002)
+
+
+@pytest.fixture
+async def start_replica() -> AsyncIterator[StartReplica]:
+    started: list[Replica] = []
+
+    async def start(*, capacity: int | None = None, slot_timeout_s: float = 5.0) -> Replica:
+        runtime.capacity_override = capacity
+        runtime.slot_timeout_s = slot_timeout_s
+        deployment = Echo()
+        server = ReplicaServer(
+            deployment,
+            replica_id="replica-test",
+            drain_quiet_s=0.01,
+            graceful_shutdown_timeout_s=5.0,
+        )
+        client = TestClient(TestServer(server.app))
+        await client.start_server()
+        await server.start(f"http://{client.host}:{client.port}")
+        replica = Replica(server, client, deployment)
+        started.append(replica)
+        return replica
+
+    yield start
+    for replica in started:
+        await replica.server.drain()
+        await replica.client.close()
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "content_type", "body"),
+    [
+        ("json", 200, "application/json", b'{"model": "m1", "path": "/predict", "method": "GET"}'),
+        ("list", 200, "application/json", b'["m1", 1]'),
+        ("text", 200, "text/plain", b"hello m1"),
+        ("bytes", 200, "application/octet-stream", b"\x00\x01"),
+        ("bytearray", 200, "application/octet-stream", b"ab"),
+        ("none", 204, "application/octet-stream", b""),
+        ("response", 201, "text/plain", b"custom"),
+    ],
+)
+async def test_return_values_become_answers(
+    start_replica: StartReplica, kind: str, status: int, content_type: str, body: bytes
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind=kind) as resp:
+        assert resp.status == status
+        if status != 204:
+            assert resp.content_type == content_type
+        assert await resp.read() == body
+        assert resp.headers["x-modelplex-replica"] == "replica-test"
+        if kind == "response":
+            assert resp.headers["x-k"] == "v"
+
+
+async def test_every_path_and_method_reaches_the_deployment(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with replica.client.post("/v1/deep/path?x=1", headers={MODEL: "m"}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"model": "m", "path": "/v1/deep/path", "method": "POST"}
+
+
+async def test_a_prepared_response_is_returned_as_is(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind="prepared") as resp:
+        assert resp.status == 200
+        assert resp.headers["x-prepared"] == "yes"
+        assert await resp.read() == b"written by the deployment"
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type"),
+    [("stream", "application/octet-stream"), ("stream_text", "text/plain")],
+)
+async def test_a_stream_is_sent_chunk_by_chunk(
+    start_replica: StartReplica, kind: str, content_type: str
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind=kind, chunks="3") as resp:
+        assert resp.status == 200
+        assert resp.content_type == content_type
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        received: list[bytes] = []
+        async for data in resp.content.iter_any():
+            received.append(data)
+            replica.deployment.steps.put_nowait(None)  # the next chunk exists only now
+    assert received == [b"chunk-0;", b"chunk-1;", b"chunk-2;"]
+
+
+async def test_an_empty_stream_is_an_empty_body(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind="stream", chunks="0") as resp:
+        assert resp.status == 200
+        assert await resp.read() == b""
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {MODEL: "x" * 300},
+        {"serve_multiplexed_model_id": "a", "serve-multiplexed-model-id": "b"},
+    ],
+)
+async def test_an_invalid_model_id_is_a_400(
+    start_replica: StartReplica, headers: dict[str, str]
+) -> None:
+    replica = await start_replica()
+    async with replica.client.get("/predict", headers=headers) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["code"] == "invalid_model_id"
+        assert error["message"]
+        assert resp.headers["x-modelplex-replica"] == "replica-test"
+    assert replica.deployment.loads == []
+
+
+async def test_a_deployment_exception_is_a_500_and_the_replica_keeps_serving(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind="fail") as resp:
+        assert resp.status == 500
+        assert await resp.json() == {
+            "error": {"code": "deployment_error", "message": "RuntimeError: boom"}
+        }
+        assert resp.headers["x-modelplex-replica"] == "replica-test"
+    async with await replica.get("m1") as resp:
+        assert resp.status == 200
+    assert replica.server.in_flight == 0
+    assert replica.resident() == [("m1", 0)]
+
+
+async def test_an_unsupported_return_value_is_a_500(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind="number") as resp:
+        assert resp.status == 500
+        error = (await resp.json())["error"]
+        assert error["code"] == "deployment_error"
+        assert "int" in error["message"]
+
+
+async def test_an_http_exception_is_the_answer(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", kind="http_error") as resp:
+        assert resp.status == 404
+        assert await resp.text() == "no such thing"
+        assert resp.headers["x-modelplex-replica"] == "replica-test"
+
+
+async def test_a_failure_mid_stream_truncates_the_body(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    replica.deployment.steps.put_nowait(None)
+    async with await replica.get("m1", kind="stream_fail", chunks="2") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    async with await replica.get("m1") as resp:
+        assert resp.status == 200
+    assert replica.resident() == [("m1", 0)]
+
+
+# -- cold answers and pins -----------------------------------------------------------------
+
+
+async def test_only_the_request_that_waited_for_the_load_is_cold(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1") as resp:
+        assert resp.headers["x-modelplex-cold"] == "1"
+    async with await replica.get("m1") as resp:
+        assert "x-modelplex-cold" not in resp.headers
+    async with await replica.get("m2", kind="stream", chunks="1") as resp:
+        assert resp.headers["x-modelplex-cold"] == "1"
+        assert await resp.read() == b"chunk-0;"
+
+
+async def test_a_stream_keeps_its_model_pinned_until_it_ends(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(capacity=1, slot_timeout_s=0.2)
+    async with await replica.get("a", kind="stream", chunks="2") as streaming:
+        assert await streaming.content.readexactly(8) == b"chunk-0;"
+        assert replica.resident() == [("a", 1)]
+        async with await replica.get("b") as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"]["code"] == "model_slot_timeout"
+        replica.deployment.steps.put_nowait(None)
+        assert await streaming.read() == b"chunk-1;"
+    async with await replica.get("b") as resp:
+        assert resp.status == 200
+    assert replica.resident() == [("b", 0)]
+    assert replica.deployment.cleaned == ["a"]
+
+
+async def test_a_request_waits_for_a_slot_held_by_a_stream(start_replica: StartReplica) -> None:
+    replica = await start_replica(capacity=1)
+    async with await replica.get("a", kind="stream", chunks="2") as streaming:
+        assert await streaming.content.readexactly(8) == b"chunk-0;"
+        waiting = asyncio.create_task(replica.get("b"))
+        await until(lambda: replica.server.in_flight == 2, "the second request to arrive")
+        assert not waiting.done()
+        assert replica.deployment.loads == ["a"]
+        replica.deployment.steps.put_nowait(None)
+        assert await streaming.read() == b"chunk-1;"
+    async with await waiting as resp:
+        assert resp.status == 200
+        assert resp.headers["x-modelplex-cold"] == "1"
+    assert replica.deployment.loads == ["a", "b"]
+
+
+async def test_a_client_leaving_mid_stream_releases_the_pin(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    resp = await replica.get("a", kind="stream", chunks="50")
+    assert await resp.content.readexactly(8) == b"chunk-0;"
+    resp.close()
+    for _ in range(50):
+        replica.deployment.steps.put_nowait(None)
+    await until(lambda: replica.server.in_flight == 0, "the abandoned stream to end")
+    assert replica.resident() == [("a", 0)]
+
+
+# -- reserved endpoints --------------------------------------------------------------------
+
+
+async def test_healthz_state_and_metrics(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1") as resp:
+        assert resp.status == 200
+    async with replica.client.get("/-/healthz") as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "ok"}
+    async with replica.client.get("/-/state") as resp:
+        state = await resp.json()
+        assert state["replica_id"] == "replica-test"
+        assert state["capacity"] == 2
+        assert [m["model_id"] for m in state["models"]] == ["m1"]
+        assert state["draining"] is False
+    async with replica.client.get("/-/metrics") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/plain"
+        text = await resp.text()
+    for line in (
+        'serve_multiplexed_models_load_counter_total{replica="replica-test"} 1.0',
+        'serve_multiplexed_get_model_requests_counter_total{replica="replica-test"} 1.0',
+        'serve_num_multiplexed_models{replica="replica-test"} 1.0',
+        'serve_multiplexed_model_load_latency_ms_count{replica="replica-test"} 1.0',
+        'serve_multiplexed_models_unload_counter_total{replica="replica-test"} 0.0',
+        'serve_multiplexed_model_unload_latency_ms_bucket{le="+Inf",replica="replica-test"} 0.0',
+        'modelplex_replica_in_flight_requests{replica="replica-test"} 0.0',
+    ):
+        assert line in text.splitlines()
+    async with replica.client.post("/-/healthz") as resp:
+        assert resp.status == 405
+        assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+# -- drain ---------------------------------------------------------------------------------
+
+
+async def test_drain_finishes_requests_in_flight_then_cleans_up(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    server = replica.server
+    async with await replica.get("a", kind="stream", chunks="2") as streaming:
+        assert await streaming.content.readexactly(8) == b"chunk-0;"
+        drain = asyncio.create_task(server.drain())
+        await until(lambda: server.draining, "draining to start")
+        async with replica.client.get("/-/healthz") as resp:
+            assert resp.status == 503
+            assert await resp.json() == {"status": "draining"}
+        async with await replica.get("a", kind="text") as resp:  # dispatched before the report
+            assert resp.status == 200
+        assert not drain.done()
+        replica.deployment.steps.put_nowait(None)
+        assert await streaming.read() == b"chunk-1;"
+    await asyncio.wait_for(drain, 5)
+    assert replica.deployment.cleaned == ["a"]
+    assert server.snapshot().draining
+    async with await replica.get("b") as resp:
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "draining"
+
+
+# -- the process ---------------------------------------------------------------------------
+
+
+DEPLOYMENT_MODULE = """
+import os
+from replica import get_multiplexed_model_id, multiplexed
+
+class Greeter:
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    @multiplexed(max_num_models_per_replica=2)
+    async def load_model(self, model_id):
+        return model_id.upper()
+
+    async def __call__(self, request):
+        model = await self.load_model(get_multiplexed_model_id())
+        return {"greeting": self.greeting, "model": model,
+                "replica": os.environ["MODELPLEX_REPLICA_ID"]}
+"""
+
+
+def write_config(tmp_path: Path, import_path: str = "greeter_deployment:Greeter") -> Path:
+    (tmp_path / "greeter_deployment.py").write_text(textwrap.dedent(DEPLOYMENT_MODULE))
+    config = tmp_path / "cluster.yaml"
+    config.write_text(
+        "router:\n  port: 1\n"
+        f"deployment:\n  import_path: {import_path}\n  init_kwargs: {{greeting: hi}}\n"
+        "  graceful_shutdown_timeout_s: 10\n"
+    )
+    return config
+
+
+async def test_the_process_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+        "MODELPLEX_SECRET": "test-secret",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "replica",
+        "--config",
+        str(config),
+        "--replica-id",
+        "replica-7",
+        "--port",
+        "0",
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        prefix = "modelplex replica replica-7 listening on "
+        assert line.startswith(prefix), line
+        url = line.removeprefix(prefix).strip()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/x", headers={MODEL: "m"}) as resp,
+        ):
+            assert resp.status == 200
+            assert await resp.json() == {"greeting": "hi", "model": "M", "replica": "replica-7"}
+            assert resp.headers["x-modelplex-replica"] == "replica-7"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("bad_config", "deployment.import_path"),
+        ("no_secret", "no cluster secret"),
+        ("bad_import", "cannot import deployment"),
+        ("missing_class", "has no 'Nope'"),
+    ],
+)
+def test_the_cli_refuses_to_start_with_a_clear_message(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setup: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("MODELPLEX_SECRET", "s")
+    monkeypatch.delenv("MODELPLEX_SECRET_FILE", raising=False)
+    monkeypatch.delenv("MODELPLEX_REPLICA_ID", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_config(tmp_path)
+    if setup == "bad_config":
+        config.write_text("deployment:\n  import_path: 42\n")
+    elif setup == "no_secret":
+        monkeypatch.delenv("MODELPLEX_SECRET")
+    elif setup == "bad_import":
+        config = write_config(tmp_path, "no_such_module_here:Greeter")
+    elif setup == "missing_class":
+        config = write_config(tmp_path, "greeter_deployment:Nope")
+    assert run_replica(["--config", str(config), "--replica-id", "r"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_json_body_shape_is_stable() -> None:
+    """The error shape the router and clients parse."""
+    from replica._respond import error_response
+
+    body = error_response(503, "draining", "bye").body
+    assert isinstance(body, bytes)
+    assert json.loads(body) == {"error": {"code": "draining", "message": "bye"}}
