@@ -174,7 +174,7 @@ class ModelCache(Generic[M]):
             entry = self._entries.get(model_id)
             if entry is not None:
                 return await self._use(entry, scope)
-            victim = self._victim()
+            victim = self._victim(scope.evict_hint if scope is not None else "")
             if victim is not None or self._has_free_slot():
                 self._start_load(model_id, victim)
                 continue
@@ -229,10 +229,14 @@ class ModelCache(Generic[M]):
     def _has_free_slot(self) -> bool:
         return self.capacity == UNLIMITED or len(self._entries) < self.capacity
 
-    def _victim(self) -> _Entry[M] | None:
-        """The least recently used unpinned resident model, when the cache is full."""
+    def _victim(self, hint: str = "") -> _Entry[M] | None:
+        """The model to evict when the cache is full: the router's `hint` if it is resident
+        and unpinned, else the least recently used unpinned resident model."""
         if self._has_free_slot():
             return None
+        hinted = self._entries.get(hint) if hint else None
+        if hinted is not None and hinted.ready is None and hinted.pins == 0:
+            return hinted
         for entry in self._entries.values():
             if entry.ready is None and entry.pins == 0:
                 return entry

@@ -22,10 +22,11 @@ _scope: ContextVar[RequestScope | None] = ContextVar("modelplex_request_scope", 
 class RequestScope:
     """What one request holds: its model id, its pins, and whether it waited for a load."""
 
-    __slots__ = ("_releases", "closed", "model_id", "waited_for_load")
+    __slots__ = ("_releases", "closed", "evict_hint", "model_id", "waited_for_load")
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, evict_hint: str = "") -> None:
         self.model_id = model_id
+        self.evict_hint = evict_hint  # the model the router asked this replica to give up
         self.waited_for_load = False
         self.closed = False
         self._releases: list[Callable[[], None]] = []
@@ -54,13 +55,14 @@ def current_scope() -> RequestScope | None:
 
 
 @contextmanager
-def request_context(model_id: str) -> Iterator[RequestScope]:
+def request_context(model_id: str, *, evict_hint: str = "") -> Iterator[RequestScope]:
     """Serve one request for `model_id`: set the id and release the request's pins at the end.
 
     The replica server wraps every request in this; tests use it to call a deployment as a
-    request would.
+    request would. `evict_hint` names the model to give up if this request needs a slot
+    (the router's choice); when it cannot be evicted the cache's own LRU rule applies.
     """
-    scope = RequestScope(model_id)
+    scope = RequestScope(model_id, evict_hint)
     id_token = _model_id.set(model_id)
     scope_token = _scope.set(scope)
     try:

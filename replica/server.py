@@ -28,6 +28,8 @@ from typing import Any
 from aiohttp import web
 from multidict import istr
 
+from common import headers
+from common.auth import is_authorized
 from common.model_id import InvalidModelId, model_id_from_headers
 from common.wire import ReplicaSnapshot, encode_snapshot
 from replica._cache import CacheClosed, ModelSlotTimeout
@@ -43,8 +45,9 @@ __all__ = ["COLD_HEADER", "REPLICA_HEADER", "ReplicaServer"]
 
 logger = logging.getLogger("modelplex.replica")
 
-REPLICA_HEADER = istr("x-modelplex-replica")
-COLD_HEADER = istr("x-modelplex-cold")
+REPLICA_HEADER = istr(headers.REPLICA_HEADER)
+COLD_HEADER = istr(headers.COLD_HEADER)
+EVICT_HEADER = istr(headers.EVICT_HEADER)
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
 
@@ -103,7 +106,9 @@ class ReplicaServer:
         self.app.router.add_route("*", "/-/healthz", self._healthz)
         self.app.router.add_route("*", "/-/state", self._state)
         self.app.router.add_route("*", "/-/metrics", self._metrics_text)
+        self.app.router.add_post("/-/load", self._load)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._secret = secret
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,8 +197,9 @@ class ReplicaServer:
         self.in_flight += 1
         if self.draining:
             self._last_arrival = asyncio.get_running_loop().time()
+        evict_hint = request.headers.get(EVICT_HEADER, "")
         try:
-            with request_context(model_id) as scope:
+            with request_context(model_id, evict_hint=evict_hint) as scope:
                 return await self._serve(request, scope)
         finally:
             self.in_flight -= 1
@@ -246,6 +252,33 @@ class ReplicaServer:
             response.headers["Allow"] = "GET, HEAD"
             return self._stamped(response)
         return self._stamped(answer())
+
+    async def _load(self, request: web.Request) -> web.StreamResponse:
+        """Load a model with no request for it (the router wants another copy of a hot one)."""
+        if self._secret is None or not is_authorized(
+            request.headers.get("Authorization"), self._secret
+        ):
+            return self._stamped(
+                error_response(401, "unauthorized", "the cluster secret is required")
+            )
+        try:
+            model_id = model_id_from_headers(request.headers)
+        except InvalidModelId as error:
+            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+        caches = runtime.caches()
+        if not model_id or not caches:
+            message = "a model id and a deployment with a @multiplexed loader are required"
+            return self._stamped(error_response(400, "nothing_to_load", message))
+        with request_context(model_id, evict_hint=request.headers.get(EVICT_HEADER, "")):
+            try:
+                await caches[0].get(model_id)
+            except (ModelSlotTimeout, CacheClosed) as error:
+                return self._stamped(error_response(503, "cannot_load", str(error)))
+            except Exception as error:
+                logger.exception("prefetching model %r failed", model_id)
+                message = f"{type(error).__name__}: {error}"
+                return self._stamped(error_response(500, "load_failed", message))
+        return self._stamped(web.json_response({"loaded": model_id}))
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         def answer() -> web.StreamResponse:

@@ -32,8 +32,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _serve(server: RouterServer, host: str, port: int) -> None:
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port, backlog=2048).start()
+    except OSError:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     server.url = f"http://{host}:{bound}"
     print(f"modelplex router listening on {server.url}", flush=True)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.policy import Policy, Reject, Route
+from router.policy import Policy, Prefetch, Reject, Route
 from router.view import ClusterView
 
 __all__ = ["Admission", "Admitted", "NoReplica", "QueueFull", "QueueTimeout"]
@@ -53,11 +53,13 @@ class Admission:
         *,
         clock: Callable[[], float],
         max_queued: int,
+        prefetch: Callable[[Prefetch], None] = lambda _: None,
     ) -> None:
         self.view = view
         self.policy = policy
         self.clock = clock
         self.max_queued = max_queued
+        self._prefetch = prefetch
         self._queue: deque[_Waiter] = deque()
 
     @property
@@ -76,6 +78,7 @@ class Admission:
 
     async def admit(self, model_id: str, timeout_s: float) -> Admitted:
         """Dispatch now, or wait in the queue for up to `timeout_s`."""
+        self.view.demand.arrived(model_id)
         outcome = self._try(model_id, self.clock()) if not self._queue else None
         if isinstance(outcome, Admitted):
             return outcome
@@ -85,6 +88,7 @@ class Admission:
             raise QueueFull(f"{len(self._queue)} requests are already waiting for a replica")
         waiter = _Waiter(model_id, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
+        self.view.demand.wait_started(model_id, self.clock())
         self.offer()
         try:
             return await asyncio.wait_for(asyncio.shield(waiter.future), timeout_s)
@@ -97,14 +101,21 @@ class Admission:
                 f"no replica could take the request within {timeout_s:g} s"
             ) from None
         finally:
+            self.view.demand.wait_ended(model_id)
             if not waiter.future.done():
                 waiter.future.cancel()
             if waiter in self._queue:
                 self._queue.remove(waiter)
 
-    def release(self, admitted: Admitted, model_id: str) -> None:
-        """The request sent to `admitted` is over (answered, failed or abandoned)."""
+    def release(self, admitted: Admitted, model_id: str, *, served_s: float | None = None) -> None:
+        """The request sent to `admitted` is over (answered, failed or abandoned).
+
+        `served_s`, for a request answered without waiting for a load, feeds the estimate of
+        inference time.
+        """
         self.view.finish(admitted.replica_id, model_id, self.clock())
+        if served_s is not None and not admitted.cold:
+            self.view.demand.observe_inference(served_s)
         self.offer()
 
     def offer(self) -> None:
@@ -119,6 +130,7 @@ class Admission:
                     waiter.future.set_exception(NoReplica("no replica is available"))
             return
         keep: deque[_Waiter] = deque()
+        still_waiting: set[str] = set()
         while self._queue:
             waiter = self._queue.popleft()
             if waiter.future.done():
@@ -127,6 +139,7 @@ class Admission:
                 keep.append(waiter)
                 keep.extend(w for w in self._queue if not w.future.done())
                 self._queue.clear()
+                still_waiting.update(w.model_id for w in keep)
                 break
             outcome = self._try(waiter.model_id, now)
             if isinstance(outcome, Admitted):
@@ -135,4 +148,14 @@ class Admission:
                 waiter.future.set_exception(NoReplica(outcome.reason))
             else:
                 keep.append(waiter)
+                still_waiting.add(waiter.model_id)
         self._queue = keep
+        for model_id in still_waiting:
+            self._plan_copies(model_id, now)
+
+    def _plan_copies(self, model_id: str, now: float) -> None:
+        if not model_id:
+            return
+        for prefetch in self.policy.plan_copies(self.view, model_id, now):
+            self.view.prefetch(prefetch.replica.replica_id, model_id, now, evict=prefetch.evict)
+            self._prefetch(prefetch)

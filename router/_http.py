@@ -8,6 +8,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from common.errors import error_body
+from common.headers import REPLICA_HEADER
 
 __all__ = ["error_response", "request_headers", "response_headers"]
 
@@ -58,7 +59,7 @@ def response_headers(upstream: CIMultiDictProxy[str], replica_id: str) -> CIMult
     for name, value in upstream.items():
         if name.lower() not in dropped:
             out.add(name, value)
-    out["x-modelplex-replica"] = replica_id
+    out[REPLICA_HEADER] = replica_id
     return out
 
 

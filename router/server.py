@@ -17,14 +17,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from common.auth import is_authorized
+from common.auth import authorization_value, is_authorized
 from common.config import ClusterConfig
-from common.model_id import InvalidModelId, model_id_from_headers
+from common.headers import EVICT_HEADER
+from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
 from router._http import error_response, request_headers, response_headers
 from router._status import metrics_text, status_document
-from router.policy import AffinityPolicy
+from router.policy import ModelplexPolicy, Prefetch
 from router.view import ClusterView, ReportOutcome
 
 __all__ = ["RouterServer"]
@@ -48,12 +49,13 @@ class RouterServer:
         self.secret = secret
         self.clock = time.monotonic
         self.view = ClusterView()
-        self.policy = AffinityPolicy()
+        self.policy = ModelplexPolicy()
         self.admission = Admission(
             self.view,
             self.policy,
             clock=self.clock,
             max_queued=config.router.max_queued_requests,
+            prefetch=self._start_prefetch,
         )
         self.counters: Counter[str] = Counter()
         self.started_at = time.time()
@@ -61,6 +63,7 @@ class RouterServer:
         self._session: aiohttp.ClientSession | None = None
         self._channels: set[web.WebSocketResponse] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._prefetches: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
@@ -93,6 +96,8 @@ class RouterServer:
     async def _stop(self, app: web.Application) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
+        for task in list(self._prefetches):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
 
@@ -141,19 +146,57 @@ class RouterServer:
                 return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
             if admitted.cold:
                 self.counters["cold_dispatches"] += 1
+            if admitted.evict:
+                headers[EVICT_HEADER] = admitted.evict
+            else:
+                headers.popall(EVICT_HEADER, None)
+            started = loop.time()
+            served_s: float | None = None
             try:
-                return await self._forward(request, admitted, headers, body, replayable, deadline)
+                response = await self._forward(
+                    request, admitted, headers, body, replayable, deadline
+                )
+                served_s = loop.time() - started
+                return response
             except _Retry:
                 self.counters["retries"] += 1
                 logger.info("retrying a request after replica %s failed", admitted.replica_id)
             except TimeoutError:
                 return self._timed_out()
             finally:
-                self.admission.release(admitted, model_id)
+                self.admission.release(admitted, model_id, served_s=served_s)
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"
         )
+
+    def _start_prefetch(self, prefetch: Prefetch) -> None:
+        task = asyncio.create_task(self._prefetch(prefetch))
+        self._prefetches.add(task)
+        task.add_done_callback(self._prefetches.discard)
+
+    async def _prefetch(self, prefetch: Prefetch) -> None:
+        """Ask a replica to load another copy of a hot model; the outcome arrives in reports."""
+        assert self._session is not None
+        self.counters["prefetches"] += 1
+        headers = {
+            MODEL_ID_HEADERS[0]: prefetch.model_id,
+            "Authorization": authorization_value(self.secret),
+        }
+        if prefetch.evict:
+            headers[EVICT_HEADER] = prefetch.evict
+        replica = prefetch.replica
+        try:
+            async with self._session.post(replica.url + "/-/load", headers=headers) as answer:
+                if answer.status != 200:
+                    logger.warning(
+                        "replica %s could not prefetch %r: %s",
+                        replica.replica_id,
+                        prefetch.model_id,
+                        await answer.text(),
+                    )
+        except aiohttp.ClientError as exc:
+            logger.warning("prefetch on replica %s failed: %s", replica.replica_id, exc)
 
     def _timed_out(self) -> web.Response:
         self.counters["timeouts"] += 1
@@ -291,10 +334,21 @@ class RouterServer:
                 sender = (replica_id, incarnation)
         finally:
             self._channels.discard(ws)
-            if sender is not None and self.view.mark_down(*sender):
-                logger.info("replica %s disconnected; not routing to it", sender[0])
-                self.admission.offer()
+            if sender is not None:
+                self._channel_closed(*sender)
         return ws
+
+    def _channel_closed(self, replica_id: str, incarnation: str) -> None:
+        replica = self.view.replicas.get(replica_id)
+        if replica is None or replica.incarnation != incarnation:
+            return
+        if replica.draining and replica.in_flight == 0:
+            logger.info("replica %s drained and left", replica_id)
+            self.view.forget(replica_id)
+        else:
+            logger.info("replica %s disconnected; not routing to it", replica_id)
+            self.view.mark_down(replica_id, incarnation)
+        self.admission.offer()
 
     async def _reject(self, ws: web.WebSocketResponse, message: str) -> None:
         self.counters["bad_reports"] += 1

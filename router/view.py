@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from common.wire import ReplicaSnapshot
+from router.demand import Demand
 
 __all__ = ["ClusterView", "ModelCopy", "ReplicaStatus", "ReplicaView", "ReportOutcome"]
 
@@ -117,16 +118,41 @@ class ReplicaView:
 class ClusterView:
     """Every replica this router knows, and the index model id -> replica ids holding it."""
 
-    def __init__(self, *, pending_grace_s: float = 2.0) -> None:
+    def __init__(self, *, pending_grace_s: float = 2.0, demand: Demand | None = None) -> None:
         self.pending_grace_s = pending_grace_s
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
+        self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
+        self.routable_ids: set[str] = set()
+        self.in_flight = 0  # this router's requests in flight, all replicas
+        self._replica_list: list[ReplicaView] | None = None
+        self.demand = demand or Demand()
 
     def __iter__(self) -> Iterator[ReplicaView]:
         return iter(self.replicas.values())
 
+    @property
+    def replica_list(self) -> list[ReplicaView]:
+        """Every replica, as a list (for sampling); rebuilt only when replicas join or leave."""
+        if self._replica_list is None:
+            self._replica_list = list(self.replicas.values())
+        return self._replica_list
+
+    def _refresh(self, replica: ReplicaView) -> None:
+        """Keep the `free` and `routable_ids` indexes true for `replica`."""
+        rid = replica.replica_id
+        if replica.routable:
+            self.routable_ids.add(rid)
+            if replica.free_slots > 0:
+                self.free[rid] = None
+            else:
+                self.free.pop(rid, None)
+        else:
+            self.routable_ids.discard(rid)
+            self.free.pop(rid, None)
+
     def routable(self) -> list[ReplicaView]:
-        return [r for r in self.replicas.values() if r.routable]
+        return [self.replicas[i] for i in self.routable_ids]
 
     def holders_of(self, model_id: str) -> list[ReplicaView]:
         ids = self.holders.get(model_id)
@@ -150,6 +176,7 @@ class ClusterView:
                 last_report_at=now,
             )
             self.replicas[snapshot.replica_id] = replica
+            self._replica_list = None
             previous: dict[str, ModelCopy] = {}
         elif replica.incarnation != snapshot.incarnation:
             outcome = ReportOutcome.NEW_INCARNATION
@@ -170,6 +197,8 @@ class ClusterView:
         replica.last_report_at = now
         replica.down = False
         replica.stale = False
+        if snapshot.load_ms_avg is not None:
+            self.demand.observe_load(snapshot.load_ms_avg / 1000)
         self._set_models(replica, self._merge(snapshot, previous, now))
         return outcome
 
@@ -202,6 +231,7 @@ class ClusterView:
         for model_id in models.keys() - replica.models.keys():
             self.holders.setdefault(model_id, set()).add(rid)
         replica.models = models
+        self._refresh(replica)
 
     def _unindex(self, model_id: str, replica_id: str) -> None:
         ids = self.holders.get(model_id)
@@ -231,12 +261,17 @@ class ClusterView:
         for replica in self.replicas.values():
             if not replica.stale and not replica.down and now - replica.last_report_at > timeout_s:
                 replica.stale = True
+                self._refresh(replica)
                 newly.append(replica.replica_id)
         return newly
 
     def forget(self, replica_id: str) -> None:
         replica = self.replicas.pop(replica_id, None)
         if replica is not None:
+            self.in_flight -= replica.in_flight
+            self.free.pop(replica_id, None)
+            self.routable_ids.discard(replica_id)
+            self._replica_list = None
             for model_id in replica.models:
                 self._unindex(model_id, replica_id)
 
@@ -252,30 +287,47 @@ class ClusterView:
         """
         replica = self.replicas[replica_id]
         replica.in_flight += 1
+        self.in_flight += 1
         if not model_id:
             return False
         copy = replica.models.get(model_id)
         cold = copy is None
         if copy is None:
-            if evict is not None and evict in replica.models:
-                self._drop(replica, evict)
-            elif replica.free_slots <= 0:
-                victim = replica.eviction_candidate()
-                if victim is not None:
-                    self._drop(replica, victim.model_id)
-            copy = ModelCopy(model_id, now, loading=True)
-            copy.pending_until = now + self.pending_grace_s
-            replica.models[model_id] = copy
-            self.holders.setdefault(model_id, set()).add(replica_id)
+            copy = self._place(replica, model_id, now, evict)
         copy.last_used = now
         copy.in_flight += 1
         return cold
+
+    def prefetch(
+        self, replica_id: str, model_id: str, now: float, *, evict: str | None = None
+    ) -> None:
+        """Record a load the router asked for without a request (another copy of a hot model)."""
+        replica = self.replicas[replica_id]
+        if model_id not in replica.models:
+            self._place(replica, model_id, now, evict)
+
+    def _place(
+        self, replica: ReplicaView, model_id: str, now: float, evict: str | None
+    ) -> ModelCopy:
+        if evict is not None and evict in replica.models:
+            self._drop(replica, evict)
+        elif replica.free_slots <= 0:
+            victim = replica.eviction_candidate()
+            if victim is not None:
+                self._drop(replica, victim.model_id)
+        copy = ModelCopy(model_id, now, loading=True, pending_until=now + self.pending_grace_s)
+        replica.models[model_id] = copy
+        self.holders.setdefault(model_id, set()).add(replica.replica_id)
+        self._refresh(replica)
+        return copy
 
     def finish(self, replica_id: str, model_id: str, now: float) -> None:
         replica = self.replicas.get(replica_id)
         if replica is None:
             return
-        replica.in_flight = max(0, replica.in_flight - 1)
+        if replica.in_flight > 0:
+            replica.in_flight -= 1
+            self.in_flight -= 1
         copy = replica.models.get(model_id) if model_id else None
         if copy is not None:
             copy.in_flight = max(0, copy.in_flight - 1)
@@ -286,3 +338,4 @@ class ClusterView:
     def _drop(self, replica: ReplicaView, model_id: str) -> None:
         del replica.models[model_id]
         self._unindex(model_id, replica.replica_id)
+        self._refresh(replica)

@@ -1,0 +1,9 @@
+"""HTTP header names the router and the replicas agree on (besides the model id's)."""
+
+from __future__ import annotations
+
+__all__ = ["COLD_HEADER", "EVICT_HEADER", "REPLICA_HEADER"]
+
+REPLICA_HEADER = "x-modelplex-replica"  # which replica answered (set on every answer)
+COLD_HEADER = "x-modelplex-cold"  # "1" when the request waited for a model load
+EVICT_HEADER = "x-modelplex-evict"  # router -> replica: the model to give up for this one

@@ -1,0 +1,307 @@
+"""The `modelplex` command.
+
+    modelplex up [CONFIG]          run a router and its replicas in the foreground
+    modelplex apply CONFIG         reconcile a running cluster to CONFIG (scale, roll out)
+    modelplex status [CONFIG]      the router's view of the replicas, as a table or JSON
+    modelplex router ARGS...       one router process (`python -m router`)
+    modelplex replica ARGS...      one replica process (`python -m replica`)
+
+Exit codes: 0 done, 1 failed (nothing running, not converged, unreachable), 2 invalid config
+or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from common.config import ClusterConfig, ConfigError, dump_config, load_config
+from router._control import LauncherInfo, control_request, find_launcher, running_launchers
+from router._launcher_text import format_status, reachable_url
+
+__all__ = ["default_config_path", "main"]
+
+CONFIG_ERROR = 2
+POLL_INTERVAL_S = 0.5
+
+
+def default_config_path() -> Path:
+    """The config `modelplex up` serves without one: `examples/default.yaml`."""
+    import examples
+
+    return Path(examples.__file__).parent / "default.yaml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("router", "replica"):
+        return _run_server(args[0], args[1:])
+    parsed = _parser().parse_args(args)
+    command: Callable[[argparse.Namespace], int] = parsed.command
+    return command(parsed)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelplex",
+        description="Serve many models from a few replicas behind an affinity router.",
+        epilog="modelplex router|replica ARGS... run one server process; see their --help.",
+    )
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    up = commands.add_parser("up", help="run a cluster in the foreground (Ctrl-C stops it)")
+    up.add_argument("config", nargs="?", help="cluster YAML (default: the bundled example)")
+    up.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for every replica to become healthy (default: 120)",
+    )
+    up.set_defaults(command=_up)
+
+    apply = commands.add_parser("apply", help="reconcile a running cluster to a config file")
+    apply.add_argument("config", help="cluster YAML")
+    apply.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the cluster has converged (default: wait)",
+    )
+    apply.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="give up waiting after S seconds (default: 600)",
+    )
+    apply.add_argument(
+        "--port",
+        type=int,
+        metavar="PORT",
+        help="the running router's port (default: the config's router.port, else the launcher "
+        "started from CONFIG)",
+    )
+    apply.set_defaults(command=_apply)
+
+    status = commands.add_parser("status", help="show the replicas, their models and load")
+    status.add_argument("config", nargs="?", help="cluster YAML (finds its running router)")
+    status.add_argument("--url", help="the router's URL, e.g. http://127.0.0.1:8000")
+    status.add_argument("--json", action="store_true", help="print the raw /-/status JSON")
+    status.set_defaults(command=_status)
+    return parser
+
+
+def _run_server(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(f"{name}.__main__")
+    entry = getattr(module, "main", None) or getattr(module, f"run_{name}")
+    server_main: Callable[[list[str]], int | None] = entry
+    return server_main(argv) or 0
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"modelplex: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str) -> ClusterConfig | None:
+    """The validated config, or None after printing `modelplex: <path>: <error>`."""
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        message = str(err)
+        if not message.startswith(f"{path}:"):
+            message = f"{path}: {message}"
+        _fail(message)
+        return None
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace) -> int:
+    path = args.config or str(default_config_path())
+    config = _load(path)
+    if config is None:
+        return CONFIG_ERROR
+    from router.launcher import run_launcher
+
+    return run_launcher(
+        Path(path), config, startup_timeout_s=args.startup_timeout, bundled=not args.config
+    )
+
+
+# -- apply -------------------------------------------------------------------------------------
+
+
+def _apply(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return CONFIG_ERROR
+    port = args.port or config.router.port
+    info = find_launcher(port=port, config_path=None if args.port else args.config)
+    if info is None:
+        where = f"serves router port {port} or " if port else ""
+        return _fail(
+            f"no running launcher {where}was started from {args.config}; "
+            f"start one with: modelplex up {args.config}"
+        )
+    try:
+        return asyncio.run(_apply_to(info, config, args, source=str(Path(args.config).resolve())))
+    except (aiohttp.ClientError, TimeoutError) as err:
+        return _fail(f"cannot reach the launcher (pid {info.pid}) at {info.control_url}: {err}")
+
+
+async def _apply_to(
+    info: LauncherInfo, config: ClusterConfig, args: argparse.Namespace, *, source: str
+) -> int:
+    body = {"config": dump_config(config), "source": source}
+    status, result = await control_request(info, "POST", "/apply", body)
+    if status != 200:
+        error = result.get("error") or {}
+        code = CONFIG_ERROR if error.get("code") == "invalid_config" else 1
+        return _fail(f"{args.config}: {error.get('message', f'HTTP {status}')}", code)
+    generation = int(result["generation"])
+    print(f"generation {generation} on {info.router_url}: {result['plan']['summary']}")
+    for note in result.get("notes") or []:
+        print(f"note: {note}")
+    if not args.wait:
+        return 0
+    outcome = await _wait_converged(info, generation, timeout_s=args.timeout)
+    if outcome != 0:
+        return outcome
+    _, document = await _fetch_status(info.router_url)
+    if document is not None:
+        print(format_status(document))
+    return 0
+
+
+async def _wait_converged(info: LauncherInfo, generation: int, *, timeout_s: float) -> int:
+    """Follow the launcher's progress until `generation` (or a newer one) has converged."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    shown = ""
+    while True:
+        _, state = await control_request(info, "GET", "/state")
+        target = int(state.get("target_generation", generation))
+        if target > generation:
+            print(f"generation {target} (a newer apply or a config edit) supersedes it; following")
+            generation = target
+        if int(state.get("converged_generation", 0)) >= generation:
+            print(f"converged: {state.get('progress', '')}")
+            return 0
+        broken = _broken_replicas(state, generation)
+        if broken:
+            for replica in broken:
+                tail = replica["last_exit"].get("stderr_tail") or []
+                lines = "".join(f"\n    {line}" for line in tail[-15:])
+                _fail(f"{replica['replica_id']} cannot start (exit code 2):{lines}")
+            return _fail(
+                "the replicas of the previous config keep serving; "
+                "fix the config and apply it again"
+            )
+        progress = str(state.get("progress", ""))
+        if progress and progress != shown:
+            print(f"  {progress}", flush=True)
+            shown = progress
+        if loop.time() > deadline:
+            return _fail(
+                f"not converged after {timeout_s:g} s (the launcher keeps trying); "
+                f"see: modelplex status {state.get('config_path', '')}"
+            )
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+def _broken_replicas(state: dict[str, Any], generation: int) -> list[dict[str, Any]]:
+    """Replicas of `generation` that exited with a config or import error."""
+    return [
+        r
+        for r in state.get("replicas") or []
+        if r.get("generation", 0) >= generation
+        and r.get("phase") == "backoff"
+        and (r.get("last_exit") or {}).get("code") == CONFIG_ERROR
+    ]
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    launcher: LauncherInfo | None = None
+    if args.url:
+        url = args.url.rstrip("/")
+    elif args.config:
+        config = _load(args.config)
+        if config is None:
+            return CONFIG_ERROR
+        launcher = find_launcher(port=config.router.port, config_path=args.config)
+        if launcher is not None:
+            url = launcher.router_url
+        elif config.router.port == 0:
+            return _fail(f"no running launcher for {args.config} (router.port 0); pass --url")
+        else:
+            url = reachable_url(f"http://{config.router.host}:{config.router.port}")
+    else:
+        launchers = running_launchers()
+        if len(launchers) > 1:
+            urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
+            return _fail(f"{len(launchers)} clusters are running: {urls}; pass CONFIG or --url")
+        launcher = launchers[0] if launchers else None
+        url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
+    return asyncio.run(_show_status(url, launcher, as_json=args.json))
+
+
+async def _fetch_status(url: str) -> tuple[int, dict[str, Any] | None]:
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"{url}/-/status") as response,
+    ):
+        if response.status != 200:
+            return response.status, None
+        data = await response.json(content_type=None)
+        return response.status, data if isinstance(data, dict) else None
+
+
+async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool) -> int:
+    try:
+        code, document = await _fetch_status(url)
+    except (aiohttp.ClientError, TimeoutError) as err:
+        return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
+    except ValueError:
+        return _fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
+    if document is None:
+        return _fail(f"{url}/-/status answered HTTP {code}")
+    if as_json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(format_status(document))
+    if launcher is not None:
+        for line in await _launcher_lines(launcher):
+            print(line)
+    return 0
+
+
+async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
+    """What the launcher knows and the router cannot: restarts, rollouts in progress."""
+    try:
+        _, state = await control_request(launcher, "GET", "/state", timeout_s=3.0)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return []
+    lines = [f"launcher pid {launcher.pid}, config {launcher.config_path}"]
+    if not state.get("converged"):
+        lines.append(f"  applying generation {state.get('target_generation')}: {state['progress']}")
+    for r in state.get("replicas") or []:
+        last = r.get("last_exit")
+        if r.get("restarts") or r.get("phase") != "running":
+            code = f", last exit code {last['code']}" if last else ""
+            lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
+    return lines
