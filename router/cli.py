@@ -305,3 +305,7 @@ async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
             code = f", last exit code {last['code']}" if last else ""
             lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
     return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
