@@ -32,7 +32,7 @@ def status_document(server: RouterServer, now: float) -> dict[str, Any]:
                     {
                         "model_id": copy.model_id,
                         "idle_s": round(max(0.0, now - copy.last_used), 3),
-                        "in_use": max(copy.in_flight, copy.reported_in_use),
+                        "in_use": copy.in_flight + copy.reported_in_use,
                     }
                     for copy in replica.lru_models()
                     if not copy.loading

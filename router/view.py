@@ -50,7 +50,10 @@ class ModelCopy:
     last_used: float  # router clock
     loading: bool = False
     in_flight: int = 0  # this router's requests for it on that replica
-    reported_in_use: int = 0  # requests holding it, per the replica's last report
+    # Requests of other routers holding it: the replica's pin count at its last report, less
+    # this router's own requests then in flight (so a report never makes our own finished
+    # request look like a lasting pin).
+    reported_in_use: int = 0
     pending_until: float = 0.0  # optimistic placement not yet confirmed by a report
 
     @property
@@ -211,6 +214,7 @@ class ClusterView:
             last_used = now - entry.idle_s
             copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
             if old is not None:
+                copy.reported_in_use = max(0, entry.in_use - old.in_flight)
                 copy.last_used = max(last_used, old.last_used)
                 copy.in_flight = old.in_flight
             models[entry.model_id] = copy
