@@ -110,11 +110,11 @@ class Admission:
     def release(self, admitted: Admitted, model_id: str, *, served_s: float | None = None) -> None:
         """The request sent to `admitted` is over (answered, failed or abandoned).
 
-        `served_s`, for a request answered without waiting for a load, feeds the estimate of
-        inference time.
+        `served_s`, for a request the replica answered without waiting for a load, feeds the
+        estimate of inference time.
         """
         self.view.finish(admitted.replica_id, model_id, self.clock())
-        if served_s is not None and not admitted.cold:
+        if served_s is not None:
             self.view.demand.observe_inference(served_s)
         self.offer()
 

@@ -16,10 +16,13 @@ Requests without a model id go to the routable replica with the fewest requests 
 
 from __future__ import annotations
 
+import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from router.demand import Demand
 from router.view import ClusterView, ReplicaView
 
 __all__ = [
@@ -61,6 +64,16 @@ class Prefetch:
 
 
 Decision = Route | Wait | Reject
+
+
+@dataclass(slots=True)
+class _Victim:
+    replica: ReplicaView
+    model_id: str
+    worth: int  # -1 for a spare copy, else the model's recent request count
+    cheapest_busy: int | None
+
+
 WAIT: Final = Wait()
 _NO_REPLICA: Final = Reject("no replica is available")
 
@@ -161,33 +174,48 @@ class ModelplexPolicy:
     Large clusters are handled by sampling `sample` replicas per decision instead of scanning.
     """
 
-    def __init__(self, *, seed: int = 0, sample: int = 16, load_bound: float = 1.25) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        sample: int = 16,
+        load_bound: float = 1.25,
+        protect_popular: bool = True,
+        patience: float = 3.0,
+    ) -> None:
         self._rng = random.Random(seed)
         self.sample = sample
         self.load_bound = load_bound
+        self.protect_popular = protect_popular
+        self.patience = patience
 
     def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
         if not model_id:
             return self._least_loaded(view)
         best: ReplicaView | None = None
         best_key: tuple[bool, int, str] | None = None
-        holders = 0
+        capacity = 0
+        first_load = False
         for replica in view.holders_of(model_id):
             if not replica.routable:
                 continue
-            holders += replica.max_ongoing_requests
+            capacity += replica.max_ongoing_requests
+            loading = replica.models[model_id].loading
+            first_load = first_load or loading
             if replica.has_room:
-                key = (replica.models[model_id].loading, replica.in_flight, replica.replica_id)
+                key = (loading, replica.in_flight, replica.replica_id)
                 if best_key is None or key < best_key:
                     best, best_key = replica, key
         if best is not None:
             return Route(best)
-        if holders:
+        if capacity:
+            if first_load:
+                return WAIT  # a burst waits for the load under way, never starts another
             demand = view.demand
             queued = demand.waiting.get(model_id, 0) + 1
-            if queued * demand.infer_s / holders <= demand.load_s:
+            if queued * demand.infer_s / capacity <= demand.load_s:
                 return WAIT
-        return self._place(view, model_id)
+        return self._place(view, model_id, now)
 
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         """More copies of `model_id` when its queue has outlasted a load; [] otherwise."""
@@ -198,17 +226,24 @@ class ModelplexPolicy:
         holders = [r for r in view.holders_of(model_id) if r.routable]
         if not holders or any(r.models[model_id].loading for r in holders):
             return []  # the first load (or a copy) is still under way
-        per_replica = max(1, holders[0].max_ongoing_requests)
-        wanted = demand.waiting.get(model_id, 0) + sum(r.in_flight for r in holders)
-        copies = min(-(-wanted // per_replica), len(view.replicas)) - len(holders)
+        wanted = demand.waiting.get(model_id, 0) + sum(
+            r.models[model_id].in_flight for r in holders
+        )
+        capacity = sum(r.max_ongoing_requests for r in holders)
         plan: list[Prefetch] = []
         taken = {r.replica_id for r in holders}
-        for _ in range(copies):
-            target = self._target(view, model_id, taken, value=demand.frequency(model_id))
+        planned: Counter[str] = Counter()
+        value = demand.frequency(model_id)
+        while capacity < wanted and len(taken) < len(view.replicas):
+            target = self._target(view, model_id, taken, value=value, planned=planned)
             if target is None:
                 break
-            plan.append(Prefetch(target[0], model_id, target[1]))
-            taken.add(target[0].replica_id)
+            replica, evict = target
+            plan.append(Prefetch(replica, model_id, evict))
+            taken.add(replica.replica_id)
+            capacity += replica.max_ongoing_requests
+            if evict is not None:
+                planned[evict] += 1
         return plan
 
     # -- placement -------------------------------------------------------------------------
@@ -224,26 +259,71 @@ class ModelplexPolicy:
             return Route(best)
         return WAIT if routable or view.routable_ids else _NO_REPLICA
 
-    def _place(self, view: ClusterView, model_id: str) -> Decision:
-        target = self._target(view, model_id, set(), value=None)
+    def _place(self, view: ClusterView, model_id: str, now: float) -> Decision:
+        target = self._target(view, model_id, set(), value=None, now=now)
         if target is not None:
             return Route(target[0], evict=target[1])
         return WAIT if view.routable_ids else _NO_REPLICA
 
+    def _patient(self, demand: Demand, model_id: str, now: float) -> bool:
+        """Whether requests for `model_id` have waited less than `patience` loads."""
+        since = demand.waiting_since.get(model_id)
+        return since is None or now - since < self.patience * demand.load_s
+
     def _target(
-        self, view: ClusterView, model_id: str, exclude: set[str], *, value: int | None
+        self,
+        view: ClusterView,
+        model_id: str,
+        exclude: set[str],
+        *,
+        value: int | None,
+        now: float = 0.0,
+        planned: Counter[str] | None = None,
     ) -> tuple[ReplicaView, str | None] | None:
         """Where a new copy of `model_id` goes and what it evicts there.
 
-        With `value`, only models worth less than it may be evicted (a copy must not push out
-        something more useful than itself).
+        Replicas within the load bound first; if none can take it, any replica. With `value`
+        (a prefetched copy), only models worth less than it may be evicted. `planned` counts
+        evictions already planned, so the last copy of a model is never taken as a spare.
         """
-        bound = self._load_limit(view)
-        free = self._free_target(view, exclude, bound)
-        if free is not None:
-            return free, None
-        demand = view.demand
-        best: tuple[tuple[int, float], ReplicaView, str] | None = None
+        found: _Victim | None = None
+        for bound in (self._load_limit(view), math.inf):
+            free = self._free_target(view, exclude, bound)
+            if free is not None:
+                return free, None
+            found = self._victim(view, model_id, exclude, bound, planned or Counter())
+            if found is not None:
+                break
+        if found is None:
+            return None
+        if value is not None and found.worth >= value:
+            return None
+        if (
+            value is None
+            and self.protect_popular
+            and found.cheapest_busy is not None
+            and found.worth > max(found.cheapest_busy, view.demand.frequency(model_id))
+            and self._patient(view.demand, model_id, now)
+        ):
+            # Evicting a model asked for more often than this one, while a cheaper model is
+            # about to be free to go, costs a load later: wait for the cheaper slot.
+            return None
+        return found.replica, found.model_id
+
+    def _victim(
+        self,
+        view: ClusterView,
+        model_id: str,
+        exclude: set[str],
+        bound: float,
+        planned: Counter[str],
+    ) -> _Victim | None:
+        """The cheapest evictable model on the candidate replicas (spare copies first, then
+        the least frequently used, then the least recently used)."""
+        frequency = view.demand.frequency
+        best: tuple[int, float] | None = None
+        victim: _Victim | None = None
+        cheapest_busy: int | None = None  # a model that will be evictable once its use ends
         for replica in self._candidates(view):
             if replica.replica_id in exclude or not replica.has_room:
                 continue
@@ -251,14 +331,31 @@ class ModelplexPolicy:
                 continue
             for copy in replica.models.values():
                 if copy.loading or copy.in_use:
+                    busy = frequency(copy.model_id)
+                    if cheapest_busy is None or busy < cheapest_busy:
+                        cheapest_busy = busy
                     continue
-                extra = len(view.holders.get(copy.model_id, ())) > 1
-                key = (-1 if extra else demand.frequency(copy.model_id), copy.last_used)
-                if best is None or key < best[0]:
-                    best = (key, replica, copy.model_id)
-        if best is None or (value is not None and best[0][0] >= value):
-            return None
-        return best[1], best[2]
+                spare = self._loaded_copies(view, copy.model_id) - planned[copy.model_id] > 1
+                key = (-1 if spare else frequency(copy.model_id), copy.last_used)
+                if best is None or key < best:
+                    best = key
+                    victim = _Victim(replica, copy.model_id, key[0], None)
+        if victim is not None:
+            victim.cheapest_busy = cheapest_busy
+        return victim
+
+    @staticmethod
+    def _loaded_copies(view: ClusterView, model_id: str) -> int:
+        """Routable replicas where `model_id` is loaded (not merely loading)."""
+        ids = view.holders.get(model_id)
+        if not ids or len(ids) == 1:
+            return len(ids) if ids else 0
+        count = 0
+        for replica_id in ids:
+            replica = view.replicas[replica_id]
+            if replica.routable and not replica.models[model_id].loading:
+                count += 1
+        return count
 
     def _free_target(
         self, view: ClusterView, exclude: set[str], bound: float

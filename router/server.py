@@ -19,7 +19,7 @@ from aiohttp import web
 
 from common.auth import authorization_value, is_authorized
 from common.config import ClusterConfig
-from common.headers import EVICT_HEADER
+from common.headers import COLD_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
@@ -156,7 +156,8 @@ class RouterServer:
                 response = await self._forward(
                     request, admitted, headers, body, replayable, deadline
                 )
-                served_s = loop.time() - started
+                if COLD_HEADER not in response.headers:  # no load inside: an inference time
+                    served_s = loop.time() - started
                 return response
             except _Retry:
                 self.counters["retries"] += 1

@@ -513,6 +513,23 @@ class ViewMachine(RuleBasedStateMachine):
         if key in self.model_in_flight:
             self.model_in_flight[key] = max(0, self.model_in_flight[key] - 1)
 
+    @precondition(lambda self: bool(self.view.replicas))
+    @rule(data=st.data(), model_id=st.sampled_from(MODEL_IDS))
+    def prefetch(self, data: st.DataObject, model_id: str) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.view.replicas)))
+        replica = self.view.replicas[rid]
+        evictable = sorted(m for m, c in replica.models.items() if not c.in_use)
+        evict = data.draw(st.none() | st.sampled_from((*evictable, "gone")))
+        was_held = model_id in replica.models
+        in_flight = (replica.in_flight, self.view.in_flight)
+        self.view.prefetch(rid, model_id, self.now, evict=evict)
+        assert model_id in replica.models
+        assert (replica.in_flight, self.view.in_flight) == in_flight
+        if not was_held:
+            assert replica.models[model_id].loading
+            if evict in evictable:
+                assert evict not in replica.models
+
     @rule(
         rid=st.sampled_from(REPLICA_IDS),
         incarnation=st.none() | st.sampled_from(INCARNATIONS),
@@ -550,6 +567,19 @@ class ViewMachine(RuleBasedStateMachine):
     def index_matches_the_replicas(self) -> None:
         assert self.view.holders == expected_index(self.view)
         assert all(self.view.holders.values())
+
+    @invariant()
+    def routable_and_free_indexes_match_the_replicas(self) -> None:
+        view = self.view
+        assert view.routable_ids == {r.replica_id for r in view if r.routable}
+        assert set(view.free) == {r.replica_id for r in view if r.routable and r.free_slots > 0}
+        assert {r.replica_id for r in view.routable()} == view.routable_ids
+        assert [r.replica_id for r in view.replica_list] == list(view.replicas)
+
+    @invariant()
+    def the_views_in_flight_is_the_sum_over_replicas(self) -> None:
+        assert self.view.in_flight == sum(r.in_flight for r in self.view)
+        assert self.view.in_flight == sum(self.replica_in_flight.values())
 
     @invariant()
     def in_flight_is_never_negative_and_matches_the_requests(self) -> None:

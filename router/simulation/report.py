@@ -1,0 +1,150 @@
+"""What a simulation run reports: per-policy summaries, the Belady bound, a table and JSON.
+
+A `PolicySummary` is computed from the engine's `RunStats`; a `Report` gathers the summaries
+of every policy on one workload with the numbers that belong to the workload (distinct models,
+the Belady bound for one cache of replicas x capacity). The text table and the JSON carry the
+same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from router.simulation.engine import RunStats
+
+__all__ = ["PolicySummary", "Report", "deep_sizeof", "summarize"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PolicySummary:
+    policy: str
+    requests: int
+    completed: int
+    rejected: int
+    timed_out: int
+    loads: int
+    hit_ratio: float  # answered requests whose model was resident on arrival at the replica
+    loads_per_belady: float | None
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    imbalance: float  # max / mean requests per replica
+    max_copies: int
+    evictions: int
+    hint_evictions: int
+    decisions: int
+    waits: int
+    decisions_per_s: float  # policy calls per wall second spent in choose + dispatch
+    sim_requests_per_wall_s: float
+    wall_s: float
+    sim_time_s: float
+    max_queued: int
+    view_bytes: int | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class Report:
+    config: dict[str, Any]
+    distinct_models: int
+    cluster_slots: int
+    belady_loads: int
+    policies: list[PolicySummary] = field(default_factory=list)
+    sweeps: dict[str, Any] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+    def table(self) -> str:
+        header = (
+            f"{'policy':<16}{'loads':>9}{'/belady':>9}{'hit%':>7}{'p50 ms':>9}{'p99 ms':>10}"
+            f"{'imbal':>7}{'copies':>7}{'rej+to':>7}{'dec/s':>10}{'req/s':>9}{'wall s':>8}"
+        )
+        lines = [
+            f"workload: {self.distinct_models} distinct models; Belady bound for one cache of "
+            f"{self.cluster_slots} slots: {self.belady_loads} loads",
+            header,
+            "-" * len(header),
+        ]
+        for s in self.policies:
+            ratio = "-" if s.loads_per_belady is None else f"{s.loads_per_belady:.2f}"
+            lines.append(
+                f"{s.policy:<16}{s.loads:>9}{ratio:>9}{100 * s.hit_ratio:>7.1f}"
+                f"{s.p50_ms:>9.1f}{s.p99_ms:>10.1f}{s.imbalance:>7.2f}{s.max_copies:>7}"
+                f"{s.rejected + s.timed_out:>7}{s.decisions_per_s:>10.0f}"
+                f"{s.sim_requests_per_wall_s:>9.0f}{s.wall_s:>8.2f}"
+            )
+        for s in self.policies:
+            if s.view_bytes is not None:
+                lines.append(f"{s.policy}: router view at the end {s.view_bytes / 1e6:.1f} MB")
+        if self.peak_rss_mb is not None:
+            lines.append(f"peak RSS of the simulator process: {self.peak_rss_mb:.0f} MB")
+        return "\n".join(lines)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(stats: RunStats, *, belady_loads: int, measure_memory: bool = False) -> PolicySummary:
+    ordered = sorted(stats.latencies)
+    per_replica = stats.per_replica
+    mean_per_replica = sum(per_replica) / len(per_replica) if per_replica else 0.0
+    return PolicySummary(
+        policy=stats.policy,
+        requests=stats.requests,
+        completed=stats.completed,
+        rejected=stats.rejected,
+        timed_out=stats.timed_out,
+        loads=stats.loads,
+        hit_ratio=stats.hits / stats.completed if stats.completed else 0.0,
+        loads_per_belady=stats.loads / belady_loads if belady_loads else None,
+        p50_ms=1000 * _quantile(ordered, 0.50),
+        p99_ms=1000 * _quantile(ordered, 0.99),
+        mean_ms=1000 * sum(ordered) / len(ordered) if ordered else 0.0,
+        imbalance=max(per_replica) / mean_per_replica if mean_per_replica else 0.0,
+        max_copies=stats.max_copies,
+        evictions=stats.evictions,
+        hint_evictions=stats.hint_evictions,
+        decisions=stats.decisions,
+        waits=stats.waits,
+        decisions_per_s=stats.decisions / stats.decide_wall_s if stats.decide_wall_s else 0.0,
+        sim_requests_per_wall_s=stats.requests / stats.wall_s if stats.wall_s else 0.0,
+        wall_s=stats.wall_s,
+        sim_time_s=stats.sim_time_s,
+        max_queued=stats.max_queued,
+        view_bytes=deep_sizeof(stats.view) if measure_memory and stats.view else None,
+    )
+
+
+def deep_sizeof(root: object) -> int:
+    """Bytes held by `root` and everything it references (each object counted once)."""
+    seen: set[int] = set()
+    stack: list[object] = [root]
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or isinstance(obj, bool | int | float | type):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif isinstance(obj, str | bytes):
+            continue
+        else:
+            if hasattr(obj, "__dict__"):
+                stack.append(vars(obj))
+            for cls in type(obj).__mro__:
+                for slot in getattr(cls, "__slots__", ()):
+                    if hasattr(obj, slot):
+                        stack.append(getattr(obj, slot))
+    return total

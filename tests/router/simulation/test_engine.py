@@ -1,0 +1,122 @@
+"""The engine: deterministic for a seed, drives the real policy to the ideal on a workload that
+fits, and finishes every request under every arrival process."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from router.policy import AffinityPolicy, Prefetch
+from router.simulation.engine import EngineConfig, RunStats, simulate
+from router.simulation.runner import POLICY_NAMES, Scenario, make_policy
+from router.simulation.workloads import (
+    Arrival,
+    Dist,
+    DistKind,
+    Popularity,
+    WorkloadSpec,
+    generate,
+)
+from router.view import ClusterView
+
+SMALL = EngineConfig(replicas=4, capacity=2, max_ongoing_requests=4, concurrency=8, seed=3)
+ZIPF = WorkloadSpec(requests=1500, models=40, zipf_s=1.1, seed=3)
+
+
+def fingerprint(stats: RunStats) -> tuple[object, ...]:
+    return (
+        stats.loads,
+        stats.hits,
+        stats.completed,
+        stats.decisions,
+        stats.sim_time_s,
+        tuple(stats.per_replica),
+        tuple(stats.latencies),
+    )
+
+
+def test_same_seed_same_run() -> None:
+    workload = generate(ZIPF)
+    assert generate(ZIPF) == workload
+    scenario = Scenario(engine=SMALL, workload=ZIPF)
+    for name in POLICY_NAMES:
+        first = simulate(SMALL, workload, make_policy(name, scenario), name=name)
+        second = simulate(SMALL, workload, make_policy(name, scenario), name=name)
+        assert fingerprint(first) == fingerprint(second), name
+
+
+def test_uniform_fit_loads_each_model_once() -> None:
+    engine = EngineConfig(replicas=2, capacity=2, max_ongoing_requests=8, concurrency=4)
+    spec = WorkloadSpec(requests=500, models=4, popularity=Popularity.UNIFORM, seed=1)
+    workload = generate(spec)
+    policy = make_policy("modelplex", Scenario(engine=engine, workload=spec))
+    stats = simulate(engine, workload, policy, name="modelplex")
+    assert workload.distinct_models == 4
+    assert stats.completed == 500
+    assert stats.loads == 4
+    assert stats.evictions == 0
+
+
+def test_every_policy_finishes_every_request() -> None:
+    spec = dataclasses.replace(
+        ZIPF,
+        requests=800,
+        infer=Dist(DistKind.EXP, 0.02),
+        shift_every=200,
+        bursts=True,
+        burst_every=300,
+        burst_length=50,
+    )
+    engine = dataclasses.replace(SMALL, load=Dist(DistKind.LOGNORMAL, 0.5))
+    workload = generate(spec)
+    scenario = Scenario(engine=engine, workload=spec)
+    for name in POLICY_NAMES:
+        stats = simulate(engine, workload, make_policy(name, scenario), name=name)
+        assert stats.completed == 800, name
+        assert stats.loads >= workload.distinct_models, name
+        assert sum(stats.per_replica) == 800, name
+        assert stats.view is not None
+        assert sum(r.in_flight for r in stats.view) == 0, name
+
+
+def test_open_loop_overload_refuses_beyond_the_queue_bound() -> None:
+    spec = dataclasses.replace(ZIPF, requests=600, arrival=Arrival.POISSON, rate=5000.0)
+    engine = dataclasses.replace(SMALL, max_queued=20, queue_timeout_s=0.5)
+    stats = simulate(engine, generate(spec), AffinityPolicy(), name="modelplex")
+    assert stats.rejected + stats.timed_out > 0
+    assert stats.completed + stats.rejected + stats.timed_out == 600
+    assert stats.max_queued <= 20
+
+
+def test_hot_model_demand_beyond_one_replica_is_served() -> None:
+    engine = EngineConfig(replicas=4, capacity=2, max_ongoing_requests=2, concurrency=6)
+    spec = WorkloadSpec(requests=200, models=1, popularity=Popularity.UNIFORM)
+    policy = make_policy("modelplex", Scenario(engine=engine, workload=spec))
+    stats = simulate(engine, generate(spec), policy, name="modelplex")
+    assert stats.completed == 200
+    assert stats.loads == stats.max_copies  # nothing else to evict it for
+    assert 1 <= stats.max_copies <= 4
+
+
+class OneCopyMore(AffinityPolicy):
+    """Policy v1, plus one prefetched copy of any model with requests waiting."""
+
+    def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
+        if view.demand.waiting.get(model_id, 0) == 0:
+            return []
+        for replica in view:
+            if model_id not in replica.models and replica.free_slots > 0:
+                return [Prefetch(replica, model_id)]
+        return []
+
+
+def test_prefetched_copies_load_without_a_request() -> None:
+    engine = EngineConfig(replicas=3, capacity=1, max_ongoing_requests=1, concurrency=3)
+    spec = WorkloadSpec(requests=100, models=1, popularity=Popularity.UNIFORM)
+    stats = simulate(engine, generate(spec), OneCopyMore(), name="prefetching")
+    assert stats.completed == 100
+    assert stats.prefetches == 2
+    assert stats.loads == 3  # one for the first request, one per prefetched copy
+    assert stats.view is not None
+    assert all("m0" in replica.models for replica in stats.view)
+    assert sum(stats.per_replica) == 100
+    assert min(stats.per_replica) > 0  # the copies served requests
