@@ -130,7 +130,7 @@ class Admission:
                     waiter.future.set_exception(NoReplica("no replica is available"))
             return
         keep: deque[_Waiter] = deque()
-        still_waiting: set[str] = set()
+        still_waiting: dict[str, None] = {}  # models told to wait, in queue order
         while self._queue:
             waiter = self._queue.popleft()
             if waiter.future.done():
@@ -139,8 +139,12 @@ class Admission:
                 keep.append(waiter)
                 keep.extend(w for w in self._queue if not w.future.done())
                 self._queue.clear()
-                still_waiting.update(w.model_id for w in keep)
+                still_waiting.update(dict.fromkeys(w.model_id for w in keep))
                 break
+            if waiter.model_id in still_waiting:
+                # Dispatches only add load, so a model told to wait in this pass still waits.
+                keep.append(waiter)
+                continue
             outcome = self._try(waiter.model_id, now)
             if isinstance(outcome, Admitted):
                 waiter.future.set_result(outcome)
@@ -148,7 +152,7 @@ class Admission:
                 waiter.future.set_exception(NoReplica(outcome.reason))
             else:
                 keep.append(waiter)
-                still_waiting.add(waiter.model_id)
+                still_waiting[waiter.model_id] = None
         self._queue = keep
         for model_id in still_waiting:
             self._plan_copies(model_id, now)

@@ -143,6 +143,7 @@ class SyncAdmission:
             return
         keep: deque[SimRequest] = deque()
         admitted: list[SimRequest] = []
+        told_to_wait: set[str] = set()
         while queue:
             waiter = queue.popleft()
             if waiter.done:
@@ -152,6 +153,9 @@ class SyncAdmission:
                 keep.extend(w for w in queue if not w.done)
                 queue.clear()
                 break
+            if waiter.model_id in told_to_wait and self.aware is None:
+                keep.append(waiter)  # dispatches only add load: still a wait
+                continue
             outcome = self._try(waiter, now)
             if outcome == _DISPATCHED:
                 admitted.append(waiter)
@@ -160,6 +164,7 @@ class SyncAdmission:
                 self.host.refused(waiter)
             else:
                 keep.append(waiter)
+                told_to_wait.add(waiter.model_id)
         self.queue = keep
         self._plan_copies(dict.fromkeys(w.model_id for w in keep), now)
         for waiter in admitted:
