@@ -93,6 +93,16 @@ def choose(view: ClusterView, model_id: str) -> Decision:
     return ModelplexPolicy().choose(view, model_id, NOW)
 
 
+def loaded_copies(view: ClusterView, model_id: str) -> int:
+    """Routable replicas where the model is loaded: a copy is spare only if another is."""
+    return sum(
+        1
+        for replica_id in view.holders.get(model_id, ())
+        if view.replicas[replica_id].routable
+        and not view.replicas[replica_id].models[model_id].loading
+    )
+
+
 def choose_unprotected(view: ClusterView, model_id: str) -> Decision:
     """The victim order alone, without waiting to spare a more popular model."""
     return ModelplexPolicy(protect_popular=False).choose(view, model_id, NOW)
@@ -871,7 +881,7 @@ def test_cold_placements_respect_the_load_bound_and_shed_extra_copies_first(
                     c
                     for r in within
                     for c in r.models.values()
-                    if not c.loading and not c.in_use and len(view.holders[c.model_id]) > 1
+                    if not c.loading and not c.in_use and loaded_copies(view, c.model_id) > 1
                 ]
                 assert not extras, f"evicted single {decision.evict}, extras {extras}"
         view.dispatch(replica.replica_id, model_id, now, evict=decision.evict)
