@@ -209,19 +209,34 @@ class ModelplexPolicy:
         if best is not None:
             return Route(best)
         if capacity:
-            if first_load:
-                return WAIT  # a burst waits for the load under way, never starts another
+            if first_load or not self._sustained(view, model_id, now):
+                return WAIT  # a burst waits for its one load and the holders, never more
             demand = view.demand
             queued = demand.waiting.get(model_id, 0) + 1
             if queued * demand.infer_s / capacity <= demand.load_s:
                 return WAIT
         return self._place(view, model_id, now)
 
+    @staticmethod
+    def _sustained(view: ClusterView, model_id: str, now: float) -> bool:
+        """Whether requests for `model_id` have queued for longer than a load since its
+        holders were ready: demand a burst of first requests cannot fake, since its queue
+        drains soon after the one load."""
+        demand = view.demand
+        since = demand.waiting_since.get(model_id)
+        if since is None:
+            return False
+        ready_at = now
+        for replica_id in view.holders.get(model_id, ()):
+            copy = view.replicas[replica_id].models[model_id]
+            if copy.loaded_at is not None and copy.loaded_at < ready_at:
+                ready_at = copy.loaded_at
+        return now - max(since, ready_at) >= demand.load_s
+
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         """More copies of `model_id` when its queue has outlasted a load; [] otherwise."""
         demand = view.demand
-        since = demand.waiting_since.get(model_id)
-        if since is None or now - since < demand.load_s:
+        if not self._sustained(view, model_id, now):
             return []
         holders = [r for r in view.holders_of(model_id) if r.routable]
         if not holders or any(r.models[model_id].loading for r in holders):

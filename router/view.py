@@ -55,6 +55,7 @@ class ModelCopy:
     # request look like a lasting pin).
     reported_in_use: int = 0
     pending_until: float = 0.0  # optimistic placement not yet confirmed by a report
+    loaded_at: float | None = None  # router clock, once a report showed it loaded
 
     @property
     def in_use(self) -> bool:
@@ -213,10 +214,12 @@ class ClusterView:
             old = previous.get(entry.model_id)
             last_used = now - entry.idle_s
             copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
+            copy.loaded_at = last_used  # loaded no later than its last use
             if old is not None:
                 copy.reported_in_use = max(0, entry.in_use - old.in_flight)
                 copy.last_used = max(last_used, old.last_used)
                 copy.in_flight = old.in_flight
+                copy.loaded_at = now if old.loaded_at is None else old.loaded_at
             models[entry.model_id] = copy
         for model_id in snapshot.loading:
             copy = models.get(model_id) or previous.get(model_id) or ModelCopy(model_id, now)

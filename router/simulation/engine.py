@@ -81,6 +81,7 @@ class RunStats:
     max_queued: int = 0
     per_replica: list[int] = field(default_factory=list)  # requests dispatched to each
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    arrivals: array[float] = field(default_factory=lambda: array("d"))  # of answered requests
     view: ClusterView | None = None  # the router's view at the end, for memory measurement
 
 
@@ -213,6 +214,7 @@ class _Engine:
         else:
             self.stats.completed += 1
             self.stats.latencies.append(self.now - request.arrived_at)
+            self.stats.arrivals.append(request.arrived_at)
             if request.found_ready:
                 self.stats.hits += 1
         if self.workload.arrivals is None:

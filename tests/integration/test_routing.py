@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
+import pytest
 from cluster_harness import Cluster, wait_for
 
 MODEL = "serve_multiplexed_model_id"
@@ -51,10 +52,15 @@ async def test_repeat_requests_stay_on_one_replica(start_cluster: Callable[..., 
     assert total_loads(cluster) == 1
 
 
+@pytest.mark.parametrize("max_ongoing_requests", [8, 200])
 async def test_a_burst_of_first_requests_causes_one_load(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., Cluster], max_ongoing_requests: int
 ) -> None:
-    cluster = start_cluster(num_replicas=3, init_kwargs={"load_s": 0.5}, max_ongoing_requests=200)
+    cluster = start_cluster(
+        num_replicas=3,
+        init_kwargs={"load_s": 0.5},
+        max_ongoing_requests=max_ongoing_requests,
+    )
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(
             *(get(session, cluster.url + "/", "burst-model") for _ in range(100))

@@ -248,7 +248,7 @@ def test_busy_holders_keep_the_request_while_the_expected_wait_is_at_most_a_load
 
 def test_a_wait_longer_than_a_load_spills_to_a_new_replica_as_a_cold_placement() -> None:
     view = _busy_holders()
-    waiting(view, "m", 4)  # (4 + 1) x 0.5 / 2 == 1.25 > 1.0
+    waiting(view, "m", 4, since=NOW - 10)  # (4 + 1) x 0.5 / 2 == 1.25 > 1.0
     decision = choose(view, "m")
     assert routed_to(decision) == ("r3", None)
     assert view.dispatch("r3", "m", NOW) is True
@@ -263,7 +263,7 @@ def test_the_spill_estimate_counts_only_routable_holders_slots() -> None:
     )
     busy(view, "r1", 2, "m")
     estimates(view, load_s=1.0, infer_s=0.5)
-    waiting(view, "m", 4)  # 5 x 0.5 / 2 == 1.25 s; with r2's slots it would be 0.02 s
+    waiting(view, "m", 4, since=NOW - 10)  # 5 x 0.5 / 2 == 1.25 s; r2 would make it 0.02 s
     assert routed_to(choose(view, "m")) == ("r3", None)
 
 
@@ -275,7 +275,14 @@ def test_a_spilled_request_evicts_like_a_cold_placement() -> None:
     busy(view, "r1", 1, "m")
     asked(view, "x", 5)
     estimates(view, load_s=0.1, infer_s=1.0)
+    waiting(view, "m", 1, since=NOW - 10)
     assert routed_to(choose(view, "m")) == ("r2", "y")
+
+
+def test_a_burst_after_the_first_load_waits_for_the_holder_however_long_the_queue() -> None:
+    view = _busy_holders()
+    waiting(view, "m", 40)  # the queue formed just now: a burst, not sustained demand
+    assert choose(view, "m") is WAIT
 
 
 # -- nothing routable, no model --------------------------------------------------------------
