@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from common.errors import error_body
 from common.headers import REPLICA_HEADER
@@ -28,6 +28,9 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _REFRAMED = frozenset({"content-length"})
+# The router sends the whole body at once (or chunked): a replica has no reason to say
+# "100 Continue", and the client already got its answer to that from the router.
+_NOT_FORWARDED = frozenset({"expect", "content-length"})
 
 
 def _dropped(headers: Mapping[str, str]) -> frozenset[str]:
@@ -41,7 +44,7 @@ def _dropped(headers: Mapping[str, str]) -> frozenset[str]:
 def request_headers(request: web.Request) -> CIMultiDict[str]:
     """The client's headers as the replica should see them, plus X-Forwarded-For."""
     incoming = request.headers
-    dropped = _dropped(incoming)
+    dropped = _dropped(incoming) | _NOT_FORWARDED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in dropped:
@@ -53,14 +56,40 @@ def request_headers(request: web.Request) -> CIMultiDict[str]:
     return out
 
 
-def response_headers(upstream: CIMultiDictProxy[str], replica_id: str) -> CIMultiDict[str]:
-    dropped = _dropped(upstream) | _REFRAMED
+def response_headers(upstream: list[tuple[bytes, bytes]], replica_id: str) -> CIMultiDict[str]:
+    """The replica's answer headers as the client should see them, plus which replica."""
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in dropped:
-            out.add(name, value)
+    connection = ""
+    for name, value in upstream:
+        text = name.decode("latin-1")
+        if text.lower() == "connection":
+            connection = value.decode("latin-1")
+        out.add(text, value.decode("utf-8", "surrogateescape"))
+    for dropped in _dropped({"Connection": connection} if connection else {}) | _REFRAMED:
+        out.popall(dropped, None)
     out[REPLICA_HEADER] = replica_id
     return out
+
+
+def request_head(
+    method: str,
+    path: str,
+    headers: CIMultiDict[str],
+    body: object,
+    replica_host: str,
+) -> bytes:
+    """The request line and headers sent to a replica; `body` decides the framing:
+    bytes get a Content-Length, a stream is sent chunked, None has no body."""
+    lines = [f"{method} {path} HTTP/1.1"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    if "Host" not in headers:
+        lines.append(f"Host: {replica_host}")
+    if isinstance(body, bytes):
+        lines.append(f"Content-Length: {len(body)}")
+    elif body is not None:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
 def error_response(

@@ -9,13 +9,15 @@ calls on them and back: read the model id, admit, forward with a pooled keep-ali
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import urllib.parse
 from collections import Counter
-from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 
 from common.auth import authorization_value, is_authorized
 from common.config import ClusterConfig
@@ -23,8 +25,9 @@ from common.headers import COLD_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
-from router._http import error_response, request_headers, response_headers
+from router._http import error_response, request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
+from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 from router.policy import ModelplexPolicy, Prefetch
 from router.view import ClusterView, ReportOutcome
 
@@ -35,6 +38,13 @@ logger = logging.getLogger("modelplex.router")
 _MAX_ATTEMPTS = 4
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
 _FORGET_AFTER_S = 60.0
+
+
+@functools.cache
+def _address(url: str) -> tuple[str, int]:
+    """(host, port) of a replica's http:// URL."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
 
 
 class _Retry(Exception):
@@ -64,6 +74,7 @@ class RouterServer:
         self._channels: set[web.WebSocketResponse] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
+        self._upstream = UpstreamPool()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
@@ -100,6 +111,7 @@ class RouterServer:
             task.cancel()
         if self._session is not None:
             await self._session.close()
+        self._upstream.close()
 
     async def _maintain(self) -> None:
         deployment = self.config.deployment
@@ -204,7 +216,7 @@ class RouterServer:
         limit = self.config.router.request_timeout_s
         return error_response(504, "timeout", f"no answer within request_timeout_s={limit:g}")
 
-    async def _body(self, request: web.Request) -> tuple[Any, bool]:
+    async def _body(self, request: web.Request) -> tuple[bytes | StreamReader | None, bool]:
         """The body to send: bytes when small enough to keep for a retry, else the stream."""
         if not request.body_exists:
             return None, True
@@ -217,28 +229,24 @@ class RouterServer:
         self,
         request: web.Request,
         admitted: Admitted,
-        headers: Any,
-        body: Any,
+        headers: CIMultiDict[str],
+        body: bytes | StreamReader | None,
         replayable: bool,
         deadline: float,
     ) -> web.StreamResponse:
-        assert self._session is not None
         retry_ok = replayable and self.config.router.retry_on_replica_failure
+        host, port = _address(admitted.url)
+        upstream_body = body.iter_any() if isinstance(body, StreamReader) else body
+        head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")
         async with asyncio.timeout_at(deadline):
             try:
-                upstream = await self._session.request(
-                    request.method,
-                    admitted.url + request.raw_path,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                )
-            except aiohttp.ClientConnectorError as exc:
+                upstream = await self._upstream.request(host, port, head, upstream_body)
+            except ConnectFailed as exc:
                 # Nothing reached the replica: always safe to send elsewhere.
                 logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
                 self.view.mark_down(admitted.replica_id)
                 raise _Retry from exc
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            except (UpstreamBroken, OSError) as exc:
                 return self._replica_failed(admitted, exc, retry_ok)
             try:
                 return await self._answer(request, upstream, admitted, retry_ok)
@@ -248,7 +256,7 @@ class RouterServer:
     async def _answer(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         admitted: Admitted,
         retry_ok: bool,
     ) -> web.StreamResponse:
@@ -257,7 +265,7 @@ class RouterServer:
         if length is not None and length <= _SMALL_BODY:
             try:
                 data = await upstream.read()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+            except (UpstreamBroken, OSError) as exc:
                 return self._replica_failed(admitted, exc, retry_ok)
             return web.Response(status=upstream.status, body=data, headers=headers)
         response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -265,12 +273,12 @@ class RouterServer:
             response.content_length = length
         first = True
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 if first:
                     await response.prepare(request)
                     first = False
                 await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientOSError) as exc:
+        except (UpstreamBroken, OSError) as exc:
             if first:
                 return self._replica_failed(admitted, exc, retry_ok)
             # Part of the answer is out: the client must see a broken response, not a short one.
