@@ -60,6 +60,9 @@ class RouterConfig:
     request_timeout_s: float = 300.0  # end to end, before a 504
     retry_on_replica_failure: bool = True
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
+    # How long, in model-load times, a request for a cold model may wait for a slot rather
+    # than evict a model asked for more often: higher means fewer loads and a longer tail.
+    popular_model_patience: float = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +156,9 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "request_timeout_s": _POSITIVE_SECONDS,
     "retry_on_replica_failure": _Rule(_boolean, lambda v: True, "true or false"),
     "max_replay_body_bytes": _count(0),
+    "popular_model_patience": _Rule(
+        _seconds, lambda v: 0 <= v < math.inf, "a finite number >= 0 (model-load times)"
+    ),
 }
 
 _DEPLOYMENT_RULES: Mapping[str, _Rule] = {

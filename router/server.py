@@ -59,7 +59,7 @@ class RouterServer:
         self.secret = secret
         self.clock = time.monotonic
         self.view = ClusterView()
-        self.policy = ModelplexPolicy()
+        self.policy = ModelplexPolicy(patience=config.router.popular_model_patience)
         self.admission = Admission(
             self.view,
             self.policy,

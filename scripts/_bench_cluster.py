@@ -142,11 +142,15 @@ class BenchCluster:
         max_ongoing: int,
         load_s: float,
         infer_s: float,
+        patience: float | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="modelplex-bench-"))
         self.secret = "bench-" + os.urandom(12).hex()
+        router: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
+        if patience is not None:
+            router["popular_model_patience"] = patience
         config = {
-            "router": {"host": "127.0.0.1", "port": 0},
+            "router": router,
             "deployment": {
                 "import_path": "examples.synthetic:SyntheticModels",
                 "init_kwargs": {"load_s": load_s, "infer_s": infer_s},

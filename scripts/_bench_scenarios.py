@@ -36,6 +36,7 @@ class RunConfig:
     seed: int = 0
     duration_s: float = 5.0
     warmup_s: float = 1.0
+    patience: float | None = None  # router.popular_model_patience; None = the default
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {

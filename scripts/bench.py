@@ -70,6 +70,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--seed", int, "workload seed (0)"),
         ("--duration-s", float, "overhead: measured seconds per phase (5)"),
         ("--warmup-s", float, "overhead: warm-up seconds per phase (1)"),
+        ("--patience", float, "router.popular_model_patience, in load times (the default)"),
     ]
     for flag, kind, text in flags:
         parser.add_argument(flag, type=kind, help=text)
@@ -108,6 +109,7 @@ def _cluster(config: RunConfig) -> BenchCluster:
         max_ongoing=config.max_ongoing,
         load_s=config.load_s,
         infer_s=config.infer_s,
+        patience=config.patience,
     )
 
 

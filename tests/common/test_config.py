@@ -29,6 +29,7 @@ router:
   request_timeout_s: 60
   retry_on_replica_failure: false
   max_replay_body_bytes: 0
+  popular_model_patience: 10
 deployment:
   import_path: examples.tenants:TenantModels
   init_kwargs: {model_dir: ./models, warm: [a, b]}
@@ -84,6 +85,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         request_timeout_s=60.0,
         retry_on_replica_failure=False,
         max_replay_body_bytes=0,
+        popular_model_patience=10.0,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
     assert config.deployment.num_replicas == 4
@@ -195,6 +197,8 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "port", -1),
         ("router", "max_queued_requests", -1),
         ("router", "max_replay_body_bytes", -1),
+        ("router", "popular_model_patience", -1),
+        ("router", "popular_model_patience", math.inf),
         ("router", "queue_timeout_s", 0),
         ("router", "request_timeout_s", -5.0),
         ("router", "request_timeout_s", math.inf),
@@ -379,6 +383,7 @@ ROUTER = st.fixed_dictionaries(
         "request_timeout_s": SECONDS,
         "retry_on_replica_failure": st.booleans(),
         "max_replay_body_bytes": st.integers(min_value=0),
+        "popular_model_patience": st.floats(0, 1e6),
     },
 )
 
