@@ -62,7 +62,7 @@ class RouterConfig:
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
     # How long, in model-load times, a request for a cold model may wait for a slot rather
     # than evict a model asked for more often: higher means fewer loads and a longer tail.
-    popular_model_patience: float = 3.0
+    popular_model_patience: float = 10.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,7 +63,7 @@ def response_headers(upstream: list[tuple[bytes, bytes]], replica_id: str) -> CI
     for name, value in upstream:
         text = name.decode("latin-1")
         if text.lower() == "connection":
-            connection = value.decode("latin-1")
+            connection = ", ".join(filter(None, (connection, value.decode("latin-1"))))
         out.add(text, value.decode("utf-8", "surrogateescape"))
     for dropped in _dropped({"Connection": connection} if connection else {}) | _REFRAMED:
         out.popall(dropped, None)

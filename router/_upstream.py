@@ -46,6 +46,7 @@ class UpstreamResponse:
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length: int | None = None
         self.chunked = False
+        self._released = False
 
     async def read(self) -> bytes:
         """The whole body (for answers known to be small)."""
@@ -60,8 +61,10 @@ class UpstreamResponse:
             yield chunk
 
     def release(self) -> None:
-        """Give the connection back (if the answer was read to the end) or close it."""
-        self._connection.finish()
+        """Give the connection back (if the answer was read to the end) or close it. Once."""
+        if not self._released:
+            self._released = True
+            self._connection.finish()
 
 
 class _Connection(asyncio.Protocol):
@@ -83,6 +86,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._head = False
         self._keep_alive = False
+        self._interim = False
+        self._body_cut = False
         self.closed = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -99,6 +104,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        response = self._response
+        if (
+            exc is None
+            and not self._complete
+            and response is not None
+            and self._headers_ready is not None
+            and self._headers_ready.done()
+            and response.content_length is None
+            and not response.chunked
+        ):
+            self._complete = True  # an answer delimited by the end of the connection
+            self._wake_data()
         if not self._complete:
             reason = f": {exc}" if exc else ""
             self._fail(UpstreamBroken(f"the replica closed the connection{reason}"))
@@ -120,7 +137,12 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self._response
         assert response is not None
-        response.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            response.headers.clear()  # an interim answer (RFC 9110 §15.2): the final one follows
+            self._interim = True
+            return
+        response.status = status
         self._keep_alive = self._parser.should_keep_alive()  # only valid until the message ends
         for name, value in response.headers:
             lowered = name.lower()
@@ -128,7 +150,7 @@ class _Connection(asyncio.Protocol):
                 response.content_length = int(value)
             elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
                 response.chunked = True
-        if self._head or response.status in (204, 304) or 100 <= response.status < 200:
+        if self._head or response.status in (204, 304, 101):
             response.content_length = 0
             self._complete = True  # no body follows; the parser cannot know that for HEAD
             self._head = True  # never reuse: the parser may still expect a body
@@ -144,6 +166,9 @@ class _Connection(asyncio.Protocol):
         self._wake_data()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._complete = True
         self._wake_data()
 
@@ -162,20 +187,25 @@ class _Connection(asyncio.Protocol):
             transport.write(head + body if body else head)
         else:
             transport.write(head)
+            ready = self._headers_ready
             async for chunk in body:
+                if ready.done():  # the replica answered early (e.g. 413): stop sending
+                    self._body_cut = True
+                    break
                 if chunk:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     await self._drain()
-            transport.write(b"0\r\n\r\n")
+            else:
+                transport.write(b"0\r\n\r\n")
         await self._headers_ready
         if self._error is not None:
             raise self._error
         return self._response
 
     async def _drain(self) -> None:
-        if self.closed:
+        if self.closed and not (self._headers_ready and self._headers_ready.done()):
             raise self._error or UpstreamBroken("the replica closed the connection")
-        if self._drain_waiter is not None:
+        if self._drain_waiter is not None and not self.closed:
             await self._drain_waiter
 
     async def next_chunk(self) -> bytes:
@@ -202,11 +232,13 @@ class _Connection(asyncio.Protocol):
             and not self._head
             and not self.closed
             and self._keep_alive
+            and not self._body_cut
         )
         self._response = None
         self._headers_ready = None
         self._complete = False
         self._keep_alive = False
+        self._body_cut = False
         self._error = None
         if reusable:
             self._parser = httptools.HttpResponseParser(self)
@@ -243,10 +275,11 @@ class UpstreamPool:
     def __init__(self, *, max_idle_per_replica: int = 256) -> None:
         self.max_idle_per_replica = max_idle_per_replica
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._closed = False
 
     def put(self, connection: _Connection) -> None:
         idle = self._idle.setdefault(connection.key, [])
-        if len(idle) < self.max_idle_per_replica:
+        if not self._closed and len(idle) < self.max_idle_per_replica:
             idle.append(connection)
         else:
             connection.close()
@@ -286,6 +319,7 @@ class UpstreamPool:
             raise
 
     def close(self) -> None:
+        self._closed = True
         for idle in self._idle.values():
             for connection in idle:
                 connection.close()

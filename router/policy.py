@@ -181,7 +181,7 @@ class ModelplexPolicy:
         sample: int = 16,
         load_bound: float = 1.25,
         protect_popular: bool = True,
-        patience: float = 3.0,
+        patience: float = 10.0,
     ) -> None:
         self._rng = random.Random(seed)
         self.sample = sample
