@@ -107,13 +107,20 @@ class Admission:
             if waiter in self._queue:
                 self._queue.remove(waiter)
 
-    def release(self, admitted: Admitted, model_id: str, *, served_s: float | None = None) -> None:
+    def release(
+        self,
+        admitted: Admitted,
+        model_id: str,
+        *,
+        ok: bool = True,
+        served_s: float | None = None,
+    ) -> None:
         """The request sent to `admitted` is over (answered, failed or abandoned).
 
-        `served_s`, for a request the replica answered without waiting for a load, feeds the
-        estimate of inference time.
+        `ok`: answered with success. `served_s`, for a request the replica answered without
+        waiting for a load, feeds the estimate of inference time.
         """
-        self.view.finish(admitted.replica_id, model_id, self.clock())
+        self.view.finish(admitted.replica_id, model_id, self.clock(), ok=ok)
         if served_s is not None:
             self.view.demand.observe_inference(served_s)
         self.offer()

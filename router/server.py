@@ -164,11 +164,13 @@ class RouterServer:
                 headers.popall(EVICT_HEADER, None)
             started = loop.time()
             served_s: float | None = None
+            ok = False
             try:
                 response = await self._forward(
                     request, admitted, headers, body, replayable, deadline
                 )
-                if COLD_HEADER not in response.headers:  # no load inside: an inference time
+                ok = response.status < 400
+                if ok and COLD_HEADER not in response.headers:  # no load inside: inference
                     served_s = loop.time() - started
                 return response
             except _Retry:
@@ -177,7 +179,7 @@ class RouterServer:
             except TimeoutError:
                 return self._timed_out()
             finally:
-                self.admission.release(admitted, model_id, served_s=served_s)
+                self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"

@@ -328,7 +328,8 @@ class ClusterView:
         self._refresh(replica)
         return copy
 
-    def finish(self, replica_id: str, model_id: str, now: float) -> None:
+    def finish(self, replica_id: str, model_id: str, now: float, *, ok: bool = True) -> None:
+        """A request is over. `ok`: it was answered with success, so its model is there."""
         replica = self.replicas.get(replica_id)
         if replica is None:
             return
@@ -336,11 +337,16 @@ class ClusterView:
             replica.in_flight -= 1
             self.in_flight -= 1
         copy = replica.models.get(model_id) if model_id else None
-        if copy is not None:
-            copy.in_flight = max(0, copy.in_flight - 1)
-            copy.last_used = max(copy.last_used, now)
+        if copy is None:
+            return
+        copy.in_flight = max(0, copy.in_flight - 1)
+        copy.last_used = max(copy.last_used, now)
+        if ok:
             # The answer came back, so the replica has the model; keep it until a report says.
             copy.pending_until = max(copy.pending_until, now + self.pending_grace_s)
+        elif copy.loading and copy.loaded_at is None and copy.in_flight == 0:
+            # Refused or failed before any report showed it: do not count on it being there.
+            self._drop(replica, model_id)
 
     def _drop(self, replica: ReplicaView, model_id: str) -> None:
         del replica.models[model_id]

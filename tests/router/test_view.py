@@ -629,3 +629,26 @@ def test_an_index_entry_survives_the_other_holders_leaving() -> None:
     view.apply_report(snapshot("r2", ["a"]), now=0.0)
     view.forget("r2")
     assert _sorted(view.holders) == [("a", ["r1"])]
+
+
+def test_a_failed_answer_drops_a_placement_no_report_confirmed() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["held"]), 10.0)
+    assert view.dispatch("r1", "refused", 11.0) is True
+    view.finish("r1", "refused", 11.5, ok=False)
+    assert "refused" not in view.replicas["r1"].models
+    assert "refused" not in view.holders
+    view.dispatch("r1", "held", 12.0)
+    view.finish("r1", "held", 12.5, ok=False)  # a loaded model stays: the answer was the error
+    assert "held" in view.replicas["r1"].models
+
+
+def test_a_successful_answer_keeps_the_placement_until_a_report_says_otherwise() -> None:
+    view = ClusterView(pending_grace_s=2.0)
+    view.apply_report(snapshot("r1", []), 10.0)
+    view.dispatch("r1", "m", 11.0)
+    view.finish("r1", "m", 11.5, ok=True)
+    view.apply_report(snapshot("r1", [], sequence=2), 12.0)  # sent before the load showed
+    assert "m" in view.replicas["r1"].models
+    view.apply_report(snapshot("r1", [], sequence=3), 14.0)
+    assert "m" not in view.replicas["r1"].models
