@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -64,6 +65,7 @@ class Prefetch:
 
 
 Decision = Route | Wait | Reject
+_NO_PLANS: Final[Mapping[str, int]] = {}
 
 
 @dataclass(slots=True)
@@ -306,7 +308,7 @@ class ModelplexPolicy:
             free = self._free_target(view, exclude, bound)
             if free is not None:
                 return free, None
-            found = self._victim(view, model_id, exclude, bound, planned or Counter())
+            found = self._victim(view, model_id, exclude, bound, planned or _NO_PLANS)
             if found is not None:
                 break
         if found is None:
@@ -331,12 +333,14 @@ class ModelplexPolicy:
         model_id: str,
         exclude: set[str],
         bound: float,
-        planned: Counter[str],
+        planned: Mapping[str, int],
     ) -> _Victim | None:
         """The cheapest evictable model on the candidate replicas (spare copies first, then
         the least frequently used, then the least recently used)."""
-        frequency = view.demand.frequency
-        best: tuple[int, float] | None = None
+        counts = view.demand.counts
+        holders = view.holders
+        best_worth = 1 << 62
+        best_used = 0.0
         victim: _Victim | None = None
         cheapest_busy: int | None = None  # a model that will be evictable once its use ends
         for replica in self._candidates(view):
@@ -344,17 +348,19 @@ class ModelplexPolicy:
                 continue
             if replica.in_flight > bound or model_id in replica.models:
                 continue
-            for copy in replica.models.values():
-                if copy.loading or copy.in_use:
-                    busy = frequency(copy.model_id)
-                    if cheapest_busy is None or busy < cheapest_busy:
-                        cheapest_busy = busy
+            for name, copy in replica.models.items():
+                worth = counts.get(name, 0)
+                if copy.loading or copy.in_flight > 0 or copy.reported_in_use > 0:
+                    if cheapest_busy is None or worth < cheapest_busy:
+                        cheapest_busy = worth
                     continue
-                spare = self._loaded_copies(view, copy.model_id) - planned[copy.model_id] > 1
-                key = (-1 if spare else frequency(copy.model_id), copy.last_used)
-                if best is None or key < best:
-                    best = key
-                    victim = _Victim(replica, copy.model_id, key[0], None)
+                if len(holders[name]) > 1 and (
+                    self._loaded_copies(view, name) - planned.get(name, 0) > 1
+                ):
+                    worth = -1  # a spare copy goes first
+                if worth < best_worth or (worth == best_worth and copy.last_used < best_used):
+                    best_worth, best_used = worth, copy.last_used
+                    victim = _Victim(replica, name, worth, None)
         if victim is not None:
             victim.cheapest_busy = cheapest_busy
         return victim
