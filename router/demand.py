@@ -23,6 +23,7 @@ class Demand:
         infer_s_guess: float = 0.05,
     ) -> None:
         self.window = window
+        self.version = 0  # changes with every arrival
         self.counts: dict[str, int] = {}
         self._arrivals_in_window = 0
         self.waiting: dict[str, int] = {}
@@ -39,6 +40,7 @@ class Demand:
         """A request for `model_id` came in (count it once, however often it is re-offered)."""
         if not model_id:
             return
+        self.version += 1
         self.counts[model_id] = self.counts.get(model_id, 0) + 1
         self._arrivals_in_window += 1
         if self._arrivals_in_window >= self.window:

@@ -190,6 +190,8 @@ class ModelplexPolicy:
         self.load_bound = load_bound
         self.protect_popular = protect_popular
         self.patience = patience
+        self._slot_key: tuple[int, int, int] | None = None
+        self._slot: tuple[ReplicaView | None, _Victim | None] = (None, None)
 
     def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
         if not model_id:
@@ -303,14 +305,18 @@ class ModelplexPolicy:
         (a prefetched copy), only models worth less than it may be evicted. `planned` counts
         evictions already planned, so the last copy of a model is never taken as a spare.
         """
-        found: _Victim | None = None
-        for bound in (self._load_limit(view), math.inf):
-            free = self._free_target(view, exclude, bound)
-            if free is not None:
-                return free, None
-            found = self._victim(view, model_id, exclude, bound, planned or _NO_PLANS)
-            if found is not None:
-                break
+        # A model no replica holds finds the same slot as any other until the view or the
+        # demand changes: while a queue is offered, one search serves every cold request.
+        key = (id(view), view.version, view.demand.version)
+        cacheable = not exclude and planned is None and model_id not in view.holders
+        if cacheable and self._slot_key == key:
+            free, found = self._slot
+        else:
+            free, found = self._find_slot(view, model_id, exclude, planned or _NO_PLANS)
+            if cacheable:
+                self._slot_key, self._slot = key, (free, found)
+        if free is not None:
+            return free, None
         if found is None:
             return None
         if value is not None and found.worth >= value:
@@ -326,6 +332,23 @@ class ModelplexPolicy:
             # about to be free to go, costs a load later: wait for the cheaper slot.
             return None
         return found.replica, found.model_id
+
+    def _find_slot(
+        self,
+        view: ClusterView,
+        model_id: str,
+        exclude: set[str],
+        planned: Mapping[str, int],
+    ) -> tuple[ReplicaView | None, _Victim | None]:
+        """A free slot, else the cheapest victim: within the load bound if possible."""
+        for bound in (self._load_limit(view), math.inf):
+            free = self._free_target(view, exclude, bound)
+            if free is not None:
+                return free, None
+            found = self._victim(view, model_id, exclude, bound, planned)
+            if found is not None:
+                return None, found
+        return None, None
 
     def _victim(
         self,

@@ -129,6 +129,7 @@ class ClusterView:
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
         self.routable_ids: set[str] = set()
         self.in_flight = 0  # this router's requests in flight, all replicas
+        self.version = 0  # changes with every mutation, so readers may cache what they derive
         self._replica_list: list[ReplicaView] | None = None
         self.demand = demand or Demand()
 
@@ -167,6 +168,7 @@ class ClusterView:
     # -- reports ---------------------------------------------------------------------------
 
     def apply_report(self, snapshot: ReplicaSnapshot, now: float) -> ReportOutcome:
+        self.version += 1
         replica = self.replicas.get(snapshot.replica_id)
         if replica is None:
             outcome = ReportOutcome.NEW_REPLICA
@@ -255,6 +257,7 @@ class ClusterView:
         With `incarnation`, only that process is marked: a report from its successor may
         already have arrived. Its models are forgotten; a new report brings them back.
         """
+        self.version += 1
         replica = self.replicas.get(replica_id)
         if replica is None or (incarnation is not None and replica.incarnation != incarnation):
             return False
@@ -264,6 +267,7 @@ class ClusterView:
 
     def expire(self, now: float, timeout_s: float) -> list[str]:
         """Mark replicas with no report for `timeout_s` stale; return the newly stale ids."""
+        self.version += 1
         newly: list[str] = []
         for replica in self.replicas.values():
             if not replica.stale and not replica.down and now - replica.last_report_at > timeout_s:
@@ -273,6 +277,7 @@ class ClusterView:
         return newly
 
     def forget(self, replica_id: str) -> None:
+        self.version += 1
         replica = self.replicas.pop(replica_id, None)
         if replica is not None:
             self.in_flight -= replica.in_flight
@@ -292,6 +297,7 @@ class ClusterView:
         `evict` names the model the replica will give up for it (the router told it, or it is
         the replica's own LRU choice); it leaves the view now, as it will leave the replica.
         """
+        self.version += 1
         replica = self.replicas[replica_id]
         replica.in_flight += 1
         self.in_flight += 1
@@ -309,6 +315,7 @@ class ClusterView:
         self, replica_id: str, model_id: str, now: float, *, evict: str | None = None
     ) -> None:
         """Record a load the router asked for without a request (another copy of a hot model)."""
+        self.version += 1
         replica = self.replicas[replica_id]
         if model_id not in replica.models:
             self._place(replica, model_id, now, evict)
@@ -330,6 +337,7 @@ class ClusterView:
 
     def finish(self, replica_id: str, model_id: str, now: float, *, ok: bool = True) -> None:
         """A request is over. `ok`: it was answered with success, so its model is there."""
+        self.version += 1
         replica = self.replicas.get(replica_id)
         if replica is None:
             return
