@@ -2,55 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from reports import snapshot
 
-from common.wire import ModelEntry, ReplicaSnapshot
+from common.wire import ReplicaSnapshot
 from router.view import ClusterView, ReplicaStatus, ReportOutcome
-
-ModelSpec = str | tuple[str, float] | tuple[str, float, int]
-
-
-def snapshot(
-    replica_id: str,
-    models: Sequence[ModelSpec] = (),
-    *,
-    loading: Iterable[str] = (),
-    sequence: int = 1,
-    incarnation: str = "inc-1",
-    capacity: int = 3,
-    max_ongoing_requests: int = 4,
-    in_flight: int = 0,
-    draining: bool = False,
-) -> ReplicaSnapshot:
-    """A replica's report. `models` come least recently used first, as on the wire: a bare id
-    gets an idle time from its position (the first is the idlest); a tuple gives
-    (id, idle_s) or (id, idle_s, in_use)."""
-    entries = []
-    for index, spec in enumerate(models):
-        if isinstance(spec, str):
-            entries.append(ModelEntry(model_id=spec, idle_s=float(len(models) - index), in_use=0))
-        else:
-            model_id, idle_s, *rest = spec
-            entries.append(
-                ModelEntry(model_id=model_id, idle_s=idle_s, in_use=rest[0] if rest else 0)
-            )
-    return ReplicaSnapshot(
-        replica_id=replica_id,
-        incarnation=incarnation,
-        sequence=sequence,
-        url=f"http://{replica_id}.test:8000",
-        capacity=capacity,
-        models=tuple(entries),
-        loading=tuple(loading),
-        in_flight=in_flight,
-        max_ongoing_requests=max_ongoing_requests,
-        draining=draining,
-    )
 
 
 def expected_index(view: ClusterView) -> dict[str, set[str]]:

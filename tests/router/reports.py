@@ -1,0 +1,61 @@
+"""Builders shared by the router's view and policy tests: replica reports and views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from common.wire import ModelEntry, ReplicaSnapshot
+from router.view import ClusterView
+
+ModelSpec = str | tuple[str, float] | tuple[str, float, int]
+NOW = 100.0
+
+
+def snapshot(
+    replica_id: str,
+    models: Sequence[ModelSpec] = (),
+    *,
+    loading: Iterable[str] = (),
+    sequence: int = 1,
+    incarnation: str = "inc-1",
+    capacity: int = 3,
+    max_ongoing_requests: int = 4,
+    in_flight: int = 0,
+    draining: bool = False,
+) -> ReplicaSnapshot:
+    """A replica's report. `models` come least recently used first, as on the wire: a bare id
+    gets an idle time from its position (the first is the idlest); a tuple gives
+    (id, idle_s) or (id, idle_s, in_use)."""
+    entries = []
+    for index, spec in enumerate(models):
+        if isinstance(spec, str):
+            entries.append(ModelEntry(model_id=spec, idle_s=float(len(models) - index), in_use=0))
+        else:
+            model_id, idle_s, *rest = spec
+            entries.append(
+                ModelEntry(model_id=model_id, idle_s=idle_s, in_use=rest[0] if rest else 0)
+            )
+    return ReplicaSnapshot(
+        replica_id=replica_id,
+        incarnation=incarnation,
+        sequence=sequence,
+        url=f"http://{replica_id}.test:8000",
+        capacity=capacity,
+        models=tuple(entries),
+        loading=tuple(loading),
+        in_flight=in_flight,
+        max_ongoing_requests=max_ongoing_requests,
+        draining=draining,
+    )
+
+
+def cluster(*snapshots: ReplicaSnapshot) -> ClusterView:
+    view = ClusterView()
+    for report in snapshots:
+        view.apply_report(report, NOW)
+    return view
+
+
+def busy(view: ClusterView, replica_id: str, requests: int, model_id: str = "") -> None:
+    for _ in range(requests):
+        view.dispatch(replica_id, model_id, NOW)
