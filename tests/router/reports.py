@@ -1,10 +1,12 @@
-"""Builders shared by the router's view and policy tests: replica reports and views."""
+"""Builders shared by the router's view, policy and admission tests: replica reports, views,
+and reading a policy's decision."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
 from common.wire import ModelEntry, ReplicaSnapshot
+from router.policy import Reject, Route, Wait
 from router.view import ClusterView
 
 ModelSpec = str | tuple[str, float] | tuple[str, float, int]
@@ -22,6 +24,7 @@ def snapshot(
     max_ongoing_requests: int = 4,
     in_flight: int = 0,
     draining: bool = False,
+    load_ms_avg: float | None = None,
 ) -> ReplicaSnapshot:
     """A replica's report. `models` come least recently used first, as on the wire: a bare id
     gets an idle time from its position (the first is the idlest); a tuple gives
@@ -46,6 +49,7 @@ def snapshot(
         in_flight=in_flight,
         max_ongoing_requests=max_ongoing_requests,
         draining=draining,
+        load_ms_avg=load_ms_avg,
     )
 
 
@@ -59,3 +63,8 @@ def cluster(*snapshots: ReplicaSnapshot) -> ClusterView:
 def busy(view: ClusterView, replica_id: str, requests: int, model_id: str = "") -> None:
     for _ in range(requests):
         view.dispatch(replica_id, model_id, NOW)
+
+
+def routed_to(decision: Route | Wait | Reject) -> tuple[str, str | None]:
+    assert isinstance(decision, Route), decision
+    return decision.replica.replica_id, decision.evict

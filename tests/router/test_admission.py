@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
+from functools import partial
 
 import pytest
+import reports
 
-from common.wire import ModelEntry, ReplicaSnapshot
+from common.wire import ReplicaSnapshot
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
 from router.policy import AffinityPolicy
 from router.view import ClusterView
@@ -15,32 +17,8 @@ from router.view import ClusterView
 LONG_S = 5.0
 
 
-def snapshot(
-    replica_id: str,
-    models: Sequence[str] = (),
-    *,
-    loading: Iterable[str] = (),
-    sequence: int = 1,
-    capacity: int = 3,
-    max_ongoing_requests: int = 1,
-    draining: bool = False,
-) -> ReplicaSnapshot:
-    """A replica's report; `models` come least recently used first."""
-    return ReplicaSnapshot(
-        replica_id=replica_id,
-        incarnation="inc-1",
-        sequence=sequence,
-        url=f"http://{replica_id}.test:8000",
-        capacity=capacity,
-        models=tuple(
-            ModelEntry(model_id=m, idle_s=float(len(models) - i), in_use=0)
-            for i, m in enumerate(models)
-        ),
-        loading=tuple(loading),
-        in_flight=0,
-        max_ongoing_requests=max_ongoing_requests,
-        draining=draining,
-    )
+# Admission tests fill a replica with one request unless they say otherwise.
+snapshot = partial(reports.snapshot, max_ongoing_requests=1)
 
 
 class Clock:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reports import NOW, busy, cluster, snapshot
+from reports import NOW, busy, cluster, routed_to, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.policy import WAIT, AffinityPolicy, Reject, Route, Wait
@@ -19,11 +19,6 @@ from router.view import UNLIMITED, ClusterView
 
 def choose(view: ClusterView, model_id: str) -> Route | Wait | Reject:
     return AffinityPolicy().choose(view, model_id, NOW)
-
-
-def routed_to(decision: Route | Wait | Reject) -> tuple[str, str | None]:
-    assert isinstance(decision, Route), decision
-    return decision.replica.replica_id, decision.evict
 
 
 # -- affinity --------------------------------------------------------------------------------

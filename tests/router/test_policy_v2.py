@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reports import NOW, busy, cluster, snapshot
+from reports import NOW, busy, cluster, routed_to, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.demand import Demand
@@ -61,11 +61,6 @@ def choose_unprotected(view: ClusterView, model_id: str) -> Decision:
 
 def plan(view: ClusterView, model_id: str, now: float = NOW) -> list[Prefetch]:
     return ModelplexPolicy().plan_copies(view, model_id, now)
-
-
-def routed_to(decision: Decision) -> tuple[str, str | None]:
-    assert isinstance(decision, Route), decision
-    return decision.replica.replica_id, decision.evict
 
 
 def load_bound(view: ClusterView) -> float:
