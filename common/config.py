@@ -60,9 +60,10 @@ class RouterConfig:
     request_timeout_s: float = 300.0  # end to end, before a 504
     retry_on_replica_failure: bool = True
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
-    # How long, in model-load times, a request for a cold model may wait for a slot rather
-    # than evict a model asked for more often: higher means fewer loads and a longer tail.
-    popular_model_patience: float = 10.0
+    # A rarely needed override: a fixed time, in model-load times, that a request for a cold
+    # model may wait for a slot rather than evict a model asked for more often. null (the
+    # default) lets the policy bound the wait by itself, to about one load time.
+    popular_model_patience: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +131,10 @@ def _str_keyed_mapping(value: object) -> dict[str, Any]:
     return dict(value)
 
 
+def _optional_seconds(value: object) -> float | None:
+    return None if value is None else _seconds(value)
+
+
 def _optional_integer(value: object) -> int | None:
     return None if value is None else _integer(value)
 
@@ -157,7 +162,9 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "retry_on_replica_failure": _Rule(_boolean, lambda v: True, "true or false"),
     "max_replay_body_bytes": _count(0),
     "popular_model_patience": _Rule(
-        _seconds, lambda v: 0 <= v < math.inf, "a finite number >= 0 (model-load times)"
+        _optional_seconds,
+        lambda v: v is None or 0 <= v < math.inf,
+        "null (adaptive) or a finite number >= 0 (model-load times)",
     ),
 }
 

@@ -28,6 +28,9 @@ class Demand:
         self._arrivals_in_window = 0
         self.waiting: dict[str, int] = {}
         self.waiting_since: dict[str, float] = {}
+        # Cold requests queued ahead of the one being decided that wait for a model slot
+        # (admission counts them during each pass over its queue).
+        self.slot_waiters = 0
         self.load_s = load_s_guess
         self.infer_s = infer_s_guess
         self._load_seen = False

@@ -47,7 +47,15 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Every suitable replica is busy; ask again when one finishes a request."""
+    """Every suitable replica is busy; ask again when one finishes a request.
+
+    `for_slot`: the request needs a model slot and waits for one that is about to free
+    rather than evict a model worth more. `until`: ask again by then (router clock, seconds)
+    even if nothing changed, since the wait is over at that time.
+    """
+
+    for_slot: bool = False
+    until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +82,15 @@ class _Victim:
     model_id: str
     worth: int  # -1 for a spare copy, else the model's recent request count
     cheapest_busy: int | None
+    # Models in use or loading (so not evictable now): (worth, when expected to be free).
+    busy: list[tuple[int, float]]
+    idle: _Victim | None = None  # the cheapest model on a replica with nothing to do
 
 
 WAIT: Final = Wait()
+# How long a cold request may wait for a cheaper slot, in load times from its arrival: about
+# one, with a quarter more so that a load started just after it arrived still counts.
+_SLOT_WAIT_LOADS: Final = 1.25
 _NO_REPLICA: Final = Reject("no replica is available")
 
 
@@ -183,7 +197,7 @@ class ModelplexPolicy:
         sample: int = 16,
         load_bound: float = 1.25,
         protect_popular: bool = True,
-        patience: float = 10.0,
+        patience: float | None = None,
     ) -> None:
         self._rng = random.Random(seed)
         self.sample = sample
@@ -255,7 +269,7 @@ class ModelplexPolicy:
         value = demand.frequency(model_id)
         while capacity < wanted and len(taken) < len(view.replicas):
             target = self._target(view, model_id, taken, value=value, planned=planned)
-            if target is None:
+            if not isinstance(target, tuple):
                 break
             replica, evict = target
             plan.append(Prefetch(replica, model_id, evict))
@@ -280,14 +294,17 @@ class ModelplexPolicy:
 
     def _place(self, view: ClusterView, model_id: str, now: float) -> Decision:
         target = self._target(view, model_id, set(), value=None, now=now)
+        if isinstance(target, Wait):
+            return target
         if target is not None:
             return Route(target[0], evict=target[1])
         return WAIT if view.routable_ids else _NO_REPLICA
 
-    def _patient(self, demand: Demand, model_id: str, now: float) -> bool:
+    @staticmethod
+    def _patient(demand: Demand, model_id: str, now: float, patience: float) -> bool:
         """Whether requests for `model_id` have waited less than `patience` loads."""
         since = demand.waiting_since.get(model_id)
-        return since is None or now - since < self.patience * demand.load_s
+        return since is None or now - since < patience * demand.load_s
 
     def _target(
         self,
@@ -298,7 +315,7 @@ class ModelplexPolicy:
         value: int | None,
         now: float = 0.0,
         planned: Counter[str] | None = None,
-    ) -> tuple[ReplicaView, str | None] | None:
+    ) -> tuple[ReplicaView, str | None] | Wait | None:
         """Where a new copy of `model_id` goes and what it evicts there.
 
         Replicas within the load bound first; if none can take it, any replica. With `value`
@@ -321,17 +338,42 @@ class ModelplexPolicy:
             return None
         if value is not None and found.worth >= value:
             return None
-        if (
-            value is None
-            and self.protect_popular
-            and found.cheapest_busy is not None
-            and found.worth > max(found.cheapest_busy, view.demand.frequency(model_id))
-            and self._patient(view.demand, model_id, now)
-        ):
-            # Evicting a model asked for more often than this one, while a cheaper model is
-            # about to be free to go, costs a load later: wait for the cheaper slot.
-            return None
+        if value is None and self.protect_popular:
+            wait = self._wait_for_slot(view, model_id, found, now)
+            if wait is not None:
+                if found.idle is None:
+                    return wait
+                # No replica that could load the model sits idle while a request waits.
+                return found.idle.replica, found.idle.model_id
         return found.replica, found.model_id
+
+    def _wait_for_slot(
+        self, view: ClusterView, model_id: str, found: _Victim, now: float
+    ) -> Wait | None:
+        """Whether a cold request should wait for a cheaper slot rather than evict `found`.
+
+        Evicting a model asked for more often than this one costs a load later; waiting costs
+        this request time. It waits only while a cheaper model (in use or loading) is expected
+        to be free within one load time for it: one such slot per request already waiting for
+        a slot ahead of it, and never once it has waited a load time.
+        """
+        demand = view.demand
+        if found.cheapest_busy is None or found.worth <= found.cheapest_busy:
+            return None  # nothing cheaper will free up
+        if found.worth <= demand.frequency(model_id):
+            return None  # the newcomer is asked for as often: it earns the slot (TinyLFU)
+        since = min(now, demand.waiting_since.get(model_id, now))
+        if self.patience is not None:  # policy v2's fixed patience, an override
+            if not self._patient(demand, model_id, now, self.patience):
+                return None
+            return Wait(for_slot=True, until=since + self.patience * demand.load_s)
+        horizon = since + _SLOT_WAIT_LOADS * demand.load_s
+        if now >= horizon:
+            return None
+        soon = sum(1 for worth, free_at in found.busy if worth < found.worth and free_at <= horizon)
+        if demand.slot_waiters >= soon:
+            return None
+        return Wait(for_slot=True, until=horizon)
 
     def _find_slot(
         self,
@@ -360,32 +402,52 @@ class ModelplexPolicy:
     ) -> _Victim | None:
         """The cheapest evictable model on the candidate replicas (spare copies first, then
         the least frequently used, then the least recently used)."""
-        counts = view.demand.counts
+        demand = view.demand
+        counts = demand.counts
         holders = view.holders
         best_worth = 1 << 62
         best_used = 0.0
         victim: _Victim | None = None
         cheapest_busy: int | None = None  # a model that will be evictable once its use ends
+        busy: list[tuple[int, float]] = []
+        idle: _Victim | None = None
+        best_idle_used = 0.0
         for replica in self._candidates(view):
             if replica.replica_id in exclude or not replica.has_room:
                 continue
             if replica.in_flight > bound or model_id in replica.models:
                 continue
+            replica_idle = replica.in_flight == 0 and replica.reported_in_flight == 0
+            local: tuple[int, float, str] | None = None  # this replica's cheapest model
             for name, copy in replica.models.items():
                 worth = counts.get(name, 0)
                 if copy.loading or copy.in_flight > 0 or copy.reported_in_use > 0:
+                    replica_idle = False
                     if cheapest_busy is None or worth < cheapest_busy:
                         cheapest_busy = worth
+                    if copy.loading:
+                        started = copy.placed_at if copy.placed_at is not None else copy.last_used
+                        free_at = started + demand.load_s + demand.infer_s
+                    else:
+                        free_at = copy.last_used + demand.infer_s
+                    busy.append((worth, free_at))
                     continue
                 if len(holders[name]) > 1 and (
                     self._loaded_copies(view, name) - planned.get(name, 0) > 1
                 ):
                     worth = -1  # a spare copy goes first
-                if worth < best_worth or (worth == best_worth and copy.last_used < best_used):
-                    best_worth, best_used = worth, copy.last_used
-                    victim = _Victim(replica, name, worth, None)
+                if local is None or (worth, copy.last_used) < local[:2]:
+                    local = (worth, copy.last_used, name)
+            if local is None:
+                continue
+            if local[0] < best_worth or (local[0] == best_worth and local[1] < best_used):
+                best_worth, best_used = local[0], local[1]
+                victim = _Victim(replica, local[2], local[0], None, busy)
+            if replica_idle and (idle is None or local[:2] < (idle.worth, best_idle_used)):
+                idle, best_idle_used = _Victim(replica, local[2], local[0], None, busy), local[1]
         if victim is not None:
             victim.cheapest_busy = cheapest_busy
+            victim.idle = idle
         return victim
 
     @staticmethod

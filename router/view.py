@@ -17,6 +17,7 @@ dispatched (`dispatch`) or finished (`finish`), a replica failed (`mark_down`) o
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -56,6 +57,10 @@ class ModelCopy:
     reported_in_use: int = 0
     pending_until: float = 0.0  # optimistic placement not yet confirmed by a report
     loaded_at: float | None = None  # router clock, once a report showed it loaded
+    placed_at: float | None = None  # router clock, when this router's dispatch started the load
+    # When this router's recent requests for it ended: a report built before one of them
+    # ended still counts its pin, and must not make that pin look like another router's.
+    finished: deque[float] = field(default_factory=deque)
 
     @property
     def in_use(self) -> bool:
@@ -122,8 +127,15 @@ class ReplicaView:
 class ClusterView:
     """Every replica this router knows, and the index model id -> replica ids holding it."""
 
-    def __init__(self, *, pending_grace_s: float = 2.0, demand: Demand | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pending_grace_s: float = 2.0,
+        pin_echo_s: float = 0.25,
+        demand: Demand | None = None,
+    ) -> None:
         self.pending_grace_s = pending_grace_s
+        self.pin_echo_s = pin_echo_s
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
@@ -218,7 +230,12 @@ class ClusterView:
             copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
             copy.loaded_at = last_used  # loaded no later than its last use
             if old is not None:
-                copy.reported_in_use = max(0, entry.in_use - old.in_flight)
+                # Pins the replica counted that are ours: in flight now, or ended so recently
+                # that the report may have been built before they did.
+                ours = old.in_flight + self._recent_finishes(old, now)
+                copy.reported_in_use = max(0, entry.in_use - ours)
+                copy.finished = old.finished
+                copy.placed_at = old.placed_at
                 copy.last_used = max(last_used, old.last_used)
                 copy.in_flight = old.in_flight
                 copy.loaded_at = now if old.loaded_at is None else old.loaded_at
@@ -232,6 +249,13 @@ class ClusterView:
             if model_id not in models and (old.in_flight > 0 or old.pending_until > now):
                 models[model_id] = old
         return models
+
+    def _recent_finishes(self, copy: ModelCopy, now: float) -> int:
+        finished = copy.finished
+        horizon = now - self.pin_echo_s
+        while finished and finished[0] < horizon:
+            finished.popleft()
+        return len(finished)
 
     def _set_models(self, replica: ReplicaView, models: dict[str, ModelCopy]) -> None:
         rid = replica.replica_id
@@ -329,7 +353,9 @@ class ClusterView:
             victim = replica.eviction_candidate()
             if victim is not None:
                 self._drop(replica, victim.model_id)
-        copy = ModelCopy(model_id, now, loading=True, pending_until=now + self.pending_grace_s)
+        copy = ModelCopy(
+            model_id, now, loading=True, pending_until=now + self.pending_grace_s, placed_at=now
+        )
         replica.models[model_id] = copy
         self.holders.setdefault(model_id, set()).add(replica.replica_id)
         self._refresh(replica)
@@ -349,6 +375,8 @@ class ClusterView:
             return
         copy.in_flight = max(0, copy.in_flight - 1)
         copy.last_used = max(copy.last_used, now)
+        self._recent_finishes(copy, now)  # trims the list to the echo window
+        copy.finished.append(now)
         if ok:
             # The answer came back, so the replica has the model; keep it until a report says.
             copy.pending_until = max(copy.pending_until, now + self.pending_grace_s)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.policy import Policy, Prefetch, Reject, Route
 from router.simulation.contract import RequestAwarePolicy, SimRequest
@@ -65,6 +65,7 @@ class SyncAdmission:
         self.max_queued = max_queued
         self.stats = AdmissionStats()
         self.queue: deque[SimRequest] = deque()
+        self._last: Any = None
         self.rooms = sum(1 for r in view if r.routable and r.has_room)
 
     def admit(self, request: SimRequest, now: float) -> None:
@@ -74,6 +75,7 @@ class SyncAdmission:
             self.retry(request, now)
             return
         if not self.queue:
+            self.view.demand.slot_waiters = 0
             outcome = self._try(request, now)
             if outcome == _DISPATCHED:
                 return
@@ -143,6 +145,7 @@ class SyncAdmission:
             return
         keep: deque[SimRequest] = deque()
         admitted: list[SimRequest] = []
+        self.view.demand.slot_waiters = 0
         told_to_wait: set[str] = set()
         while queue:
             waiter = queue.popleft()
@@ -165,6 +168,8 @@ class SyncAdmission:
             else:
                 keep.append(waiter)
                 told_to_wait.add(waiter.model_id)
+                if self._last.for_slot:
+                    self.view.demand.slot_waiters += 1
         self.queue = keep
         self._plan_copies(dict.fromkeys(w.model_id for w in keep), now)
         for waiter in admitted:
@@ -208,4 +213,5 @@ class SyncAdmission:
         if type(decision) is Reject:
             return _REJECTED
         stats.waits += 1
+        self._last = decision
         return _WAITING

@@ -383,7 +383,7 @@ ROUTER = st.fixed_dictionaries(
         "request_timeout_s": SECONDS,
         "retry_on_replica_failure": st.booleans(),
         "max_replay_body_bytes": st.integers(min_value=0),
-        "popular_model_patience": st.floats(0, 1e6),
+        "popular_model_patience": st.none() | st.floats(0, 1e6),
     },
 )
 

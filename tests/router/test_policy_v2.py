@@ -780,7 +780,7 @@ def test_no_decision_ever_evicts_a_model_in_use(
             elif isinstance(decision, Reject):
                 assert not view.routable()
             else:
-                assert decision is WAIT
+                assert isinstance(decision, Wait)
         for rid, model_id in outstanding:
             if model_id:
                 assert view.replicas[rid].models[model_id].in_flight > 0
@@ -975,11 +975,13 @@ def test_decisions_do_not_depend_on_string_hashing(call: str) -> None:
 
 
 def popular_and_busy_cheap() -> ClusterView:
-    """r1 holds a popular idle model; r2's only model is rarely asked for but in use."""
+    """r1 holds a popular model, not in use (r1 serves a request without a model id, so it is
+    not idle); r2's only model is rarely asked for but in use."""
     view = cluster(
         snapshot("r1", [("popular", 5.0)], capacity=1),
         snapshot("r2", [("rare", 1.0)], capacity=1),
     )
+    busy(view, "r1", 1)
     busy(view, "r2", 1, "rare")
     asked(view, "popular", 40)
     asked(view, "rare", 1)
@@ -989,7 +991,9 @@ def popular_and_busy_cheap() -> ClusterView:
 
 def test_a_popular_model_is_spared_while_a_cheaper_one_is_about_to_free() -> None:
     view = popular_and_busy_cheap()
-    assert choose(view, "m") is WAIT
+    decision = choose(view, "m")
+    assert isinstance(decision, Wait)
+    assert decision.for_slot
     view.finish("r2", "rare", NOW)
     assert routed_to(choose(view, "m")) == ("r2", "rare")
 
@@ -999,8 +1003,51 @@ def test_sparing_a_popular_model_lasts_only_a_few_loads() -> None:
     estimates(view, load_s=1.0, infer_s=0.01)
     policy = ModelplexPolicy(patience=3.0)
     view.demand.wait_started("m", NOW)
-    assert policy.choose(view, "m", NOW + 2.9) is WAIT
+    assert policy.choose(view, "m", NOW + 2.9) == Wait(for_slot=True, until=NOW + 3.0)
     assert routed_to(policy.choose(view, "m", NOW + 3.1)) == ("r1", "popular")
+
+
+def test_a_cold_request_waits_for_a_cheaper_slot_about_one_load_time() -> None:
+    view = popular_and_busy_cheap()
+    estimates(view, load_s=1.0, infer_s=0.01)
+    policy = ModelplexPolicy()
+    view.demand.wait_started("m", NOW)
+    decision = policy.choose(view, "m", NOW + 1.2)
+    assert isinstance(decision, Wait)
+    assert decision.for_slot
+    assert decision.until == pytest.approx(NOW + 1.25)
+    assert routed_to(policy.choose(view, "m", NOW + 1.3)) == ("r1", "popular")
+
+
+def test_each_slot_about_to_free_is_waited_for_by_one_request_only() -> None:
+    view = popular_and_busy_cheap()
+    policy = ModelplexPolicy()
+    assert isinstance(policy.choose(view, "m", NOW), Wait)
+    view.demand.slot_waiters = 1  # an earlier request in the queue waits for r2's slot
+    assert routed_to(policy.choose(view, "m", NOW)) == ("r1", "popular")
+
+
+def test_a_slot_that_frees_later_than_the_wait_bound_is_not_waited_for() -> None:
+    view = popular_and_busy_cheap()
+    estimates(view, load_s=1.0, infer_s=0.01)
+    view.dispatch("r2", "rare", NOW + 5.0)  # r2's model is in use until after NOW + 5
+    view.finish("r2", "rare", NOW + 5.0)
+    assert routed_to(ModelplexPolicy().choose(view, "m", NOW)) == ("r1", "popular")
+
+
+def test_no_request_waits_while_a_replica_that_could_load_it_is_idle() -> None:
+    view = cluster(
+        snapshot("r1", [("popular", 5.0)], capacity=1),
+        snapshot("r2", [("rare", 1.0)], capacity=1),
+        snapshot("r3", [("liked", 5.0)], capacity=1),
+    )
+    busy(view, "r2", 1, "rare")
+    busy(view, "r1", 1)  # r1 serves a request without a model id: not idle
+    asked(view, "popular", 40)
+    asked(view, "liked", 50)
+    asked(view, "rare", 1)
+    asked(view, "m", 1)
+    assert routed_to(choose(view, "m")) == ("r3", "liked")
 
 
 def test_a_model_asked_for_as_often_as_the_victim_is_not_made_to_wait() -> None:
