@@ -140,6 +140,7 @@ class ClusterView:
         self.holders: dict[str, set[str]] = {}
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
         self.routable_ids: set[str] = set()
+        self.with_room: set[str] = set()  # routable replicas below max_ongoing_requests
         self.in_flight = 0  # this router's requests in flight, all replicas
         self.version = 0  # changes with every mutation, so readers may cache what they derive
         self._replica_list: list[ReplicaView] | None = None
@@ -156,7 +157,7 @@ class ClusterView:
         return self._replica_list
 
     def _refresh(self, replica: ReplicaView) -> None:
-        """Keep the `free` and `routable_ids` indexes true for `replica`."""
+        """Keep the `free`, `routable_ids` and `with_room` indexes true for `replica`."""
         rid = replica.replica_id
         if replica.routable:
             self.routable_ids.add(rid)
@@ -164,9 +165,14 @@ class ClusterView:
                 self.free[rid] = None
             else:
                 self.free.pop(rid, None)
+            if replica.has_room:
+                self.with_room.add(rid)
+            else:
+                self.with_room.discard(rid)
         else:
             self.routable_ids.discard(rid)
             self.free.pop(rid, None)
+            self.with_room.discard(rid)
 
     def routable(self) -> list[ReplicaView]:
         return [self.replicas[i] for i in self.routable_ids]
@@ -307,6 +313,7 @@ class ClusterView:
             self.in_flight -= replica.in_flight
             self.free.pop(replica_id, None)
             self.routable_ids.discard(replica_id)
+            self.with_room.discard(replica_id)
             self._replica_list = None
             for model_id in replica.models:
                 self._unindex(model_id, replica_id)
@@ -325,6 +332,8 @@ class ClusterView:
         replica = self.replicas[replica_id]
         replica.in_flight += 1
         self.in_flight += 1
+        if not replica.has_room:
+            self.with_room.discard(replica_id)
         if not model_id:
             return False
         copy = replica.models.get(model_id)
@@ -370,6 +379,8 @@ class ClusterView:
         if replica.in_flight > 0:
             replica.in_flight -= 1
             self.in_flight -= 1
+            if replica.routable and replica.has_room:
+                self.with_room.add(replica_id)
         copy = replica.models.get(model_id) if model_id else None
         if copy is None:
             return

@@ -9,9 +9,10 @@ after its cache changed (changes at one instant make one report, as `replica/_re
 coalesces a loop wake-up) or after `heartbeat_interval_s` without a report. Baselines may
 use the optional hooks of `router.simulation.contract`.
 
-Admission is `router.simulation.admission.SyncAdmission`, the step-for-step synchronous
-equivalent of `router/_admission.py` (FIFO queue, `view.demand` bookkeeping, prefetched copies
-of hot models from `policy.plan_copies`); a queued request is dropped after `queue_timeout_s`.
+Admission is the router's own `router.admission.AdmissionQueue` (FIFO queue, `view.demand`
+bookkeeping, prefetched copies of hot models from `policy.plan_copies`, offers again at the
+deadlines the policy names), wrapped by `router.simulation.admission.SyncAdmission`; a queued
+request is dropped after `queue_timeout_s`.
 A prefetch reaches its replica at once and pins the model until its load is done.
 
 Closed loop: `concurrency` clients, each sending its next request when the previous one is
@@ -38,7 +39,7 @@ from router.view import ClusterView
 
 __all__ = ["EngineConfig", "RunStats", "simulate"]
 
-_ISSUE, _ARRIVAL, _LOADED, _DONE, _REPORT, _HEARTBEAT, _RETRY, _TIMEOUT = range(8)
+_ISSUE, _ARRIVAL, _LOADED, _DONE, _REPORT, _HEARTBEAT, _RETRY, _TIMEOUT, _OFFER = range(9)
 _ONE_SECOND: Final = Dist(DistKind.CONST, 1.0)
 
 
@@ -120,6 +121,7 @@ class _Engine:
         self.finished = 0
         self.copies: dict[str, int] = {}
         self.last_report = [0.0] * config.replicas
+        self.offers_due: set[float] = set()  # times admission asked to be offered again
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None:
         self.seq += 1
@@ -172,6 +174,9 @@ class _Engine:
                         self._end(a, timed_out=True)
                     else:
                         admission.retry(a, now)
+            elif kind == _OFFER:
+                self.offers_due.discard(now)
+                admission.offer(now)
             elif kind == _TIMEOUT and not a.done and a.replica < 0:
                 admission.time_out(a)
                 self._end(a, timed_out=True)
@@ -254,6 +259,11 @@ class _Engine:
 
     def retry_at(self, request: SimRequest, at: float) -> None:
         self.push(at, _RETRY, request)
+
+    def offer_at(self, at: float) -> None:
+        if at not in self.offers_due:
+            self.offers_due.add(at)
+            self.push(at, _OFFER)
 
     # -- replicas --------------------------------------------------------------------------
 

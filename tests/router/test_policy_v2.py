@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from reports import NOW, busy, cluster, routed_to, snapshot
 
 from common.wire import ReplicaSnapshot
+from router.admission import AdmissionQueue, Refusal
 from router.demand import Demand
 from router.policy import WAIT, ModelplexPolicy, Prefetch, Reject, Route, Wait
 from router.view import UNLIMITED, ClusterView, ReplicaView
@@ -624,58 +625,31 @@ def run_burst(
     seed: int,
     demand: Demand,
 ) -> set[str]:
-    """A burst for one cold model, admitted as `router._admission.Admission` does it: count the
-    arrival, try at once if nobody is queued, otherwise queue it and offer the queue in order;
-    plan copies for a model still waiting. No request finishes (the load is still under way).
-    Returns the replicas that were made to load the model."""
+    """A burst for one cold model through the router's own admission queue; no request
+    finishes (the load is still under way). Returns the replicas made to load the model."""
     view = ClusterView(demand=demand)
     for report in reports:
         view.apply_report(report, NOW)
     policy = ModelplexPolicy(seed=seed)
+    queue: AdmissionQueue[int] = AdmissionQueue(view, policy, max_queued=10_000)
     loaded_on: set[str] = set()
-    queued = 0
-
-    def dispatch(decision: Route, now: float) -> None:
-        check_route(decision)
-        rid = decision.replica.replica_id
-        if view.dispatch(rid, "burst", now, evict=decision.evict):
-            loaded_on.add(rid)
-        assert len(loaded_on) <= 1, f"loads on {sorted(loaded_on)}"
-
     for n in range(requests):
         now = NOW + n * 0.001
-        demand.arrived("burst")
-        if queued == 0:
-            decision = policy.choose(view, "burst", now)
-            if isinstance(decision, Route):
-                dispatch(decision, now)
-            elif isinstance(decision, Reject):
-                assert not view.routable_ids
-            else:
-                queued += 1
-                demand.wait_started("burst", now)
-        else:
-            queued += 1
-            demand.wait_started("burst", now)
-        if queued and any(r.routable and r.has_room for r in view):
-            admitted = 0
-            for _ in range(queued):
-                decision = policy.choose(view, "burst", now)
-                if isinstance(decision, Route):
-                    dispatch(decision, now)
-                    admitted += 1
-            queued -= admitted
-            for _ in range(admitted):
-                demand.wait_ended("burst")
-        if queued:
-            for prefetch in policy.plan_copies(view, "burst", now):
-                check_prefetch(view, "burst", prefetch)
-                view.prefetch(prefetch.replica.replica_id, "burst", now, evict=prefetch.evict)
-                loaded_on.add(prefetch.replica.replica_id)
-                assert len(loaded_on) <= 1, f"loads on {sorted(loaded_on)}"
+        actions = queue.arrive(n, "burst", now)
+        for _, admitted in actions.dispatched:
+            if admitted.cold:
+                loaded_on.add(admitted.replica_id)
+        for prefetch in actions.prefetches:
+            check_prefetch(view, "burst", prefetch)
+            loaded_on.add(prefetch.replica.replica_id)
+        for _, refusal, _ in actions.refused:
+            assert refusal is Refusal.NO_REPLICA
+            assert not view.routable_ids
+        assert len(loaded_on) <= 1, f"loads on {sorted(loaded_on)}"
         index = old_reports[n] if n < len(old_reports) else None
         if index is not None:
             view.apply_report(again(reports[index % len(reports)], 2 + n), now)
+            queue.offer(now)
     return loaded_on
 
 

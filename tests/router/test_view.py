@@ -534,6 +534,7 @@ class ViewMachine(RuleBasedStateMachine):
         view = self.view
         assert view.routable_ids == {r.replica_id for r in view if r.routable}
         assert set(view.free) == {r.replica_id for r in view if r.routable and r.free_slots > 0}
+        assert view.with_room == {r.replica_id for r in view if r.routable and r.has_room}
         assert {r.replica_id for r in view.routable()} == view.routable_ids
         assert [r.replica_id for r in view.replica_list] == list(view.replicas)
 
