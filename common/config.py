@@ -80,6 +80,9 @@ class DeploymentConfig:
     heartbeat_timeout_s: float = 5.0  # must exceed heartbeat_interval_s
     graceful_shutdown_timeout_s: float = 30.0
     model_load_timeout_s: float = 300.0  # a request's wait for a cache slot and the load
+    # Loads one replica runs at once; the others keep their slot and wait their turn (FIFO).
+    # None: as many as there are model slots. 1 for a loader that shares one disk or GPU.
+    max_concurrent_loads: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +186,11 @@ _DEPLOYMENT_RULES: Mapping[str, _Rule] = {
     "heartbeat_timeout_s": _POSITIVE_SECONDS,
     "graceful_shutdown_timeout_s": _POSITIVE_SECONDS,
     "model_load_timeout_s": _POSITIVE_SECONDS,
+    "max_concurrent_loads": _Rule(
+        _optional_integer,
+        lambda v: v is None or v >= 1,
+        "null (as many as there are model slots) or an integer >= 1",
+    ),
 }
 
 _SECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Rule]]] = {

@@ -5,9 +5,13 @@ Every frame is one msgpack map carrying the wire version `"v"` and a `"type"`. A
 arrays in LRU order. The router may answer a frame it rejects with an `"error"` frame.
 
 Invariants:
-- Decoding is strict and total: a frame is accepted only if it has exactly the expected
-  fields, each of the expected type and range; anything else raises `WireError` with a message
-  naming the problem, and no other exception ever escapes a decode function.
+- Decoding is strict and total: a frame is accepted only if it has every required field and no
+  field besides the optional ones, each of the expected type and range; anything else raises
+  `WireError` with a message naming the problem, and no other exception ever escapes a decode
+  function.
+- An optional field (`max_concurrent_loads`) is sent only when it has a value, so a frame
+  without it is what an older replica sends and an older router accepts; absent or nil, it
+  decodes as None.
 - A frame longer than `MAX_FRAME_BYTES` is rejected before any unpacking.
 - `decode_snapshot` returns only snapshots that `encode_snapshot` would accept, and
   `encode_snapshot` refuses (with `WireError`) any snapshot that `decode_snapshot` would
@@ -73,6 +77,7 @@ _SNAPSHOT_FIELDS = frozenset(
         "load_ms_avg",
     }
 )
+_OPTIONAL_SNAPSHOT_FIELDS = frozenset({"max_concurrent_loads"})
 _ERROR_FIELDS = frozenset({"v", "type", "code", "message"})
 _MAX_MAP_LEN = 32
 _URL_SCHEMES = ("http://", "https://")
@@ -120,6 +125,8 @@ class ReplicaSnapshot:
     """True once the replica takes no new requests."""
     load_ms_avg: float | None = None
     """Recent mean model-load time in milliseconds, if the replica has loaded any."""
+    max_concurrent_loads: int | None = None
+    """Loads the replica runs at once (>= 1); None: as many as it has model slots."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,6 +156,8 @@ def encode_snapshot(snapshot: ReplicaSnapshot) -> bytes:
         "draining": snapshot.draining,
         "load_ms_avg": snapshot.load_ms_avg,
     }
+    if snapshot.max_concurrent_loads is not None:
+        payload["max_concurrent_loads"] = snapshot.max_concurrent_loads
     _snapshot_from_payload(payload)
     return _pack(payload)
 
@@ -211,18 +220,22 @@ def _unpack(frame: bytes, expected_type: str, *, reader: str) -> dict[Any, Any]:
     return payload
 
 
-def _check_fields(payload: dict[Any, Any], expected: frozenset[str]) -> None:
-    if payload.keys() == expected:
+def _check_fields(
+    payload: dict[Any, Any], required: frozenset[str], optional: frozenset[str] = frozenset()
+) -> None:
+    keys = payload.keys()
+    if keys == required:
         return
-    missing = expected - payload.keys()
+    missing = required - keys
     if missing:
         raise WireError(f"{payload['type']} frame is missing field {min(missing)!r}")
-    extra = min(payload.keys() - expected, key=repr)
-    raise WireError(f"{payload['type']} frame has unexpected field {extra!r}")
+    extra = keys - required - optional
+    if extra:
+        raise WireError(f"{payload['type']} frame has unexpected field {min(extra, key=repr)!r}")
 
 
 def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
-    _check_fields(payload, _SNAPSHOT_FIELDS)
+    _check_fields(payload, _SNAPSHOT_FIELDS, _OPTIONAL_SNAPSHOT_FIELDS)
     url = _text(payload, "url")
     if not url.startswith(_URL_SCHEMES) or url in _URL_SCHEMES or not _is_token(url):
         raise WireError(f"field 'url' must be an http:// or https:// URL, got {_preview(url)}")
@@ -235,6 +248,9 @@ def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
     load_ms_avg = payload["load_ms_avg"]
     if load_ms_avg is not None:
         load_ms_avg = _non_negative_float(load_ms_avg, "field 'load_ms_avg'")
+    max_concurrent_loads = payload.get("max_concurrent_loads")
+    if max_concurrent_loads is not None:
+        max_concurrent_loads = _integer(payload, "max_concurrent_loads", 1)
     return ReplicaSnapshot(
         replica_id=_name(payload, "replica_id"),
         incarnation=_name(payload, "incarnation"),
@@ -247,6 +263,7 @@ def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
         max_ongoing_requests=_integer(payload, "max_ongoing_requests", 1),
         draining=draining,
         load_ms_avg=load_ms_avg,
+        max_concurrent_loads=max_concurrent_loads,
     )
 
 

@@ -6,7 +6,14 @@ Invariants it keeps:
 - one load per model id at a time: concurrent misses share it and get the same object;
 - a model held by a running request (pinned) is never evicted; when every slot is pinned a new
   load waits for one, up to `slot_timeout_s`, and never over-commits;
-- a failed load leaves nothing behind: its slot is freed and every waiter gets the exception;
+- at most `max_concurrent_loads` loader calls run at once (None: no limit below the
+  capacity); a load beyond it takes its slot (and evicts its victim) at once and shows as
+  loading, but its loader is called only when a running load ends, in the order the slots were
+  taken;
+- a failed load leaves nothing behind: its slot is freed, every waiter gets the exception, and
+  the next queued load starts;
+- `shutdown()` lets running loads end; loads still waiting for their turn never call the loader
+  and their waiters get `CacheClosed`;
 - an evicted model's `__del__` runs once, and its failure never fails a request.
 
 Every change (load started, loaded, load failed, evicted) is announced to the listeners, which
@@ -19,7 +26,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -70,7 +77,8 @@ class ResidentModel:
 class CacheState:
     capacity: int
     models: tuple[ResidentModel, ...]  # least recently used first
-    loading: tuple[str, ...]
+    loading: tuple[str, ...]  # running loads and those waiting for their turn
+    max_concurrent_loads: int | None = None
 
 
 class ModelSlotTimeout(TimeoutError):
@@ -115,12 +123,16 @@ class ModelCache(Generic[M]):
         *,
         capacity: int,
         slot_timeout_s: float = 300.0,
+        max_concurrent_loads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity != UNLIMITED and capacity < 1:
             raise ValueError(f"capacity must be positive or {UNLIMITED}, got {capacity}")
+        if max_concurrent_loads is not None and max_concurrent_loads < 1:
+            raise ValueError(f"max_concurrent_loads must be None or >= 1: {max_concurrent_loads}")
         self.capacity = capacity
         self.slot_timeout_s = slot_timeout_s
+        self.max_concurrent_loads = max_concurrent_loads
         self.metrics = CacheMetrics()
         self._loader = loader
         self._clock = clock
@@ -128,6 +140,8 @@ class ModelCache(Generic[M]):
         self._listeners: list[Listener] = []
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loads_running = 0  # loads holding a turn: unloading their victim or loading
+        self._load_queue: deque[asyncio.Future[bool]] = deque()  # turns not granted yet
         self._closed = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -139,7 +153,7 @@ class ModelCache(Generic[M]):
             if e.ready is None
         )
         loading = tuple(e.model_id for e in self._entries.values() if e.ready is not None)
-        return CacheState(self.capacity, models, loading)
+        return CacheState(self.capacity, models, loading, self.max_concurrent_loads)
 
     def __contains__(self, model_id: object) -> bool:
         entry = self._entries.get(model_id) if isinstance(model_id, str) else None
@@ -269,21 +283,31 @@ class ModelCache(Generic[M]):
             self._emit(CacheEventKind.EVICTED, victim.model_id)
         self._entries[model_id] = _Entry(model_id, ready, self._clock())
         self._emit(CacheEventKind.LOAD_STARTED, model_id)
-        task = loop.create_task(self._load(model_id, ready, victim))
+        task = loop.create_task(self._load(model_id, ready, victim, self._take_turn(loop)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _load(
-        self, model_id: str, ready: asyncio.Future[M], victim: _Entry[M] | None
+        self,
+        model_id: str,
+        ready: asyncio.Future[M],
+        victim: _Entry[M] | None,
+        turn: asyncio.Future[bool],
     ) -> None:
-        if victim is not None:  # free the memory before the new model takes it
-            await self._unload(victim.model_id, victim.model)
-        started = time.perf_counter()
+        called = False
         try:
+            if victim is not None:  # free the memory before the new model takes it
+                await self._unload(victim.model_id, victim.model)
+            if not await turn:
+                raise CacheClosed(f"the model cache shut down before {model_id!r} could load")
+            called = True
+            started = time.perf_counter()
             model = await self._loader(model_id)
         except BaseException as exc:
+            self._end_turn(turn)
             self._forget(model_id, ready)
-            self.metrics.load_failures += 1
+            if called:
+                self.metrics.load_failures += 1
             if isinstance(exc, asyncio.CancelledError):
                 ready.cancel()
             else:
@@ -293,6 +317,7 @@ class ModelCache(Generic[M]):
             if not isinstance(exc, Exception):
                 raise
             return
+        self._end_turn(turn)
         self.metrics.loads += 1
         self.metrics.load_latency_ms.observe((time.perf_counter() - started) * 1000)
         entry = self._entries[model_id]  # a loading entry leaves only through this task
@@ -325,12 +350,47 @@ class ModelCache(Generic[M]):
             except Exception:
                 logger.exception("cache listener failed on %s", event)
 
+    # -- load turns: at most max_concurrent_loads at once, the rest in FIFO order ----------
+
+    def _take_turn(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
+        """A load's turn: resolved True now if one is free, else queued until a load ends;
+        resolved False if the cache shuts down first."""
+        turn: asyncio.Future[bool] = loop.create_future()
+        limit = self.max_concurrent_loads
+        if limit is None or self._loads_running < limit:
+            self._loads_running += 1
+            turn.set_result(True)
+        else:
+            self._load_queue.append(turn)
+        return turn
+
+    def _end_turn(self, turn: asyncio.Future[bool]) -> None:
+        """The load that owns `turn` is over: pass its turn on to the first queued load."""
+        if not turn.done():
+            turn.cancel()  # still queued: the queue skips it
+            return
+        if turn.cancelled() or not turn.result():
+            return  # never held a turn
+        while self._load_queue:
+            queued = self._load_queue.popleft()
+            if not queued.done():
+                queued.set_result(True)
+                return
+        self._loads_running -= 1
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Refuse new gets, let running loads end, then unload every model (cleanup runs)."""
+        """Refuse new gets, let running loads end, then unload every model (cleanup runs).
+
+        Loads still waiting for their turn end at once without calling the loader; their
+        waiters get `CacheClosed`."""
         self._closed = True
         self._wake_slot_waiters()
+        queued, self._load_queue = self._load_queue, deque()
+        for turn in queued:
+            if not turn.done():
+                turn.set_result(False)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         while self._entries:

@@ -100,6 +100,7 @@ def run_replica(argv: Sequence[str] | None = None) -> int:
         os.environ["MODELPLEX_REPLICA_ID"] = args.replica_id
         runtime.capacity_override = deployment_config.max_num_models_per_replica
         runtime.slot_timeout_s = deployment_config.model_load_timeout_s
+        runtime.max_concurrent_loads = deployment_config.max_concurrent_loads
         target = import_deployment(deployment_config.import_path)
     except (ConfigError, _UsageError, DeploymentError, ValueError) as error:
         print(f"{_PROG}: {error}", file=sys.stderr, flush=True)

@@ -61,7 +61,12 @@ class MultiplexedLoader(Generic[M]):
 
     def _new_cache(self, loader: Callable[[str], Awaitable[M]]) -> ModelCache[M]:
         capacity = runtime.capacity_override or self.max_num_models_per_replica
-        cache = ModelCache(loader, capacity=capacity, slot_timeout_s=runtime.slot_timeout_s)
+        cache = ModelCache(
+            loader,
+            capacity=capacity,
+            slot_timeout_s=runtime.slot_timeout_s,
+            max_concurrent_loads=runtime.max_concurrent_loads,
+        )
         runtime.register(cache)
         return cache
 

@@ -20,6 +20,7 @@ class ReplicaRuntime:
     def __init__(self) -> None:
         self.capacity_override: int | None = None
         self.slot_timeout_s: float = 300.0
+        self.max_concurrent_loads: int | None = None  # per cache; None: as many as its slots
         self._caches: weakref.WeakSet[ModelCache[Any]] = weakref.WeakSet()
         self._listeners: list[Callable[[CacheEvent], None]] = []
 

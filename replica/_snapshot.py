@@ -6,6 +6,10 @@ router sees one replica, so they are merged here:
   resident in two caches appears once, with its latest use and the sum of its pins;
 - capacity is the sum of the caches' capacities, or unlimited (-1) if any cache is unlimited;
   with no cache yet, the capacity the replica will create caches with (`fallback_capacity`);
+- the load limit is the sum over caches of the loads each runs at once: its
+  `max_concurrent_loads`, or its capacity when the limit is None or not below it; None (no
+  limit below the slots) when no cache's limit is below its capacity, or when a cache of
+  unlimited capacity has no limit;
 - ids the wire format refuses (a loader may be called with any non-empty string) are left out,
   so one odd id never silences the whole report.
 """
@@ -19,7 +23,13 @@ from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, R
 from replica._cache import CacheState
 from replica._metrics import CacheMetrics
 
-__all__ = ["DEFAULT_CAPACITY", "build_snapshot", "combined_capacity", "mean_load_ms"]
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "build_snapshot",
+    "combined_capacity",
+    "combined_load_limit",
+    "mean_load_ms",
+]
 
 DEFAULT_CAPACITY = 3
 """`@multiplexed`'s default `max_num_models_per_replica`, as in Ray Serve."""
@@ -35,6 +45,25 @@ def combined_capacity(capacities: Iterable[int], *, fallback: int) -> int:
         total += capacity
         seen = True
     return total if seen else fallback
+
+
+def combined_load_limit(
+    states: Sequence[CacheState], *, fallback_capacity: int, fallback: int | None
+) -> int | None:
+    """Loads the caches run at once together, or None when that is as many as they have slots;
+    with no cache, that of one cache of `fallback_capacity` slots and limit `fallback`."""
+    limits = [(s.capacity, s.max_concurrent_loads) for s in states]
+    total = 0
+    limited = False
+    for capacity, limit in limits or [(fallback_capacity, fallback)]:
+        if limit is not None and (capacity == UNLIMITED_CAPACITY or limit < capacity):
+            total += limit
+            limited = True
+        elif capacity == UNLIMITED_CAPACITY:
+            return None
+        else:
+            total += capacity
+    return total if limited else None
 
 
 def mean_load_ms(metrics: Iterable[CacheMetrics]) -> float | None:
@@ -96,6 +125,7 @@ def build_snapshot(
     draining: bool,
     load_ms_avg: float | None,
     now: float,
+    fallback_max_concurrent_loads: int | None = None,
 ) -> ReplicaSnapshot:
     """The snapshot of a replica whose caches are in `states`, at `now` on the caches' clock."""
     return ReplicaSnapshot(
@@ -110,4 +140,7 @@ def build_snapshot(
         max_ongoing_requests=max_ongoing_requests,
         draining=draining,
         load_ms_avg=load_ms_avg,
+        max_concurrent_loads=combined_load_limit(
+            states, fallback_capacity=fallback_capacity, fallback=fallback_max_concurrent_loads
+        ),
     )

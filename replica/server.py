@@ -63,7 +63,8 @@ class ReplicaServer:
     runs), sends a final report and closes the channels. The caller then stops the listener.
 
     Building it creates the caches of the deployment's `@multiplexed` methods, so set
-    `runtime.capacity_override` and `runtime.slot_timeout_s` first.
+    `runtime.capacity_override`, `runtime.slot_timeout_s` and `runtime.max_concurrent_loads`
+    first.
     """
 
     def __init__(
@@ -180,6 +181,7 @@ class ReplicaServer:
             url=self.url or "",
             states=[cache.state() for cache in caches],
             fallback_capacity=DEFAULT_CAPACITY if override is None else override,
+            fallback_max_concurrent_loads=runtime.max_concurrent_loads,
             in_flight=self.in_flight,
             max_ongoing_requests=self.max_ongoing_requests,
             draining=self.draining,

@@ -82,6 +82,7 @@ class ReplicaView:
     in_flight: int = 0  # this router's requests on it
     reported_in_flight: int = 0
     load_ms_avg: float | None = None
+    max_concurrent_loads: int | None = None  # loads it runs at once; None: as many as slots
     models: dict[str, ModelCopy] = field(default_factory=dict)
 
     @property
@@ -218,6 +219,7 @@ class ClusterView:
         replica.draining = snapshot.draining
         replica.reported_in_flight = snapshot.in_flight
         replica.load_ms_avg = snapshot.load_ms_avg
+        replica.max_concurrent_loads = snapshot.max_concurrent_loads
         replica.last_report_at = now
         replica.down = False
         replica.stale = False

@@ -41,6 +41,7 @@ deployment:
   heartbeat_timeout_s: 2
   graceful_shutdown_timeout_s: 10
   model_load_timeout_s: 120.0
+  max_concurrent_loads: 1
 """
 
 
@@ -70,6 +71,7 @@ def test_defaults() -> None:
     assert config.deployment.init_kwargs == {}
     assert config.deployment.num_replicas == 1
     assert config.deployment.max_num_models_per_replica is None
+    assert config.deployment.max_concurrent_loads is None
     assert config.source == "<config>"
 
 
@@ -91,6 +93,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
     assert config.deployment.num_replicas == 4
     assert config.deployment.max_num_models_per_replica == 3
     assert config.deployment.heartbeat_timeout_s == 2.0
+    assert config.deployment.max_concurrent_loads == 1
     assert isinstance(config.deployment.heartbeat_timeout_s, float)
 
     assert dump_config(config) == yaml.safe_load(FULL_YAML)
@@ -153,6 +156,8 @@ def test_wrong_type_names_key_expected_type_and_value() -> None:
         ("deployment", "init_kwargs", ["a"]),
         ("deployment", "init_kwargs", {1: "a"}),
         ("deployment", "max_num_models_per_replica", "3"),
+        ("deployment", "max_concurrent_loads", "1"),
+        ("deployment", "max_concurrent_loads", 1.0),
         ("deployment", "heartbeat_interval_s", None),
     ],
 )
@@ -172,6 +177,7 @@ def test_wrong_types_are_rejected(section: str, key: str, value: object) -> None
         ("deployment", "num_replicas"),
         ("deployment", "max_ongoing_requests"),
         ("deployment", "max_num_models_per_replica"),
+        ("deployment", "max_concurrent_loads"),
         ("router", "queue_timeout_s"),
     ],
 )
@@ -248,6 +254,22 @@ def test_capacity_zero_or_below_minus_one_is_rejected(capacity: int) -> None:
 def test_capacity_minus_one_positive_or_null_is_accepted(capacity: int | None) -> None:
     config = parse_config(deployment(max_num_models_per_replica=capacity))
     assert config.deployment.max_num_models_per_replica == capacity
+
+
+@pytest.mark.parametrize("loads", [0, -1])
+def test_max_concurrent_loads_below_one_is_rejected(loads: int) -> None:
+    err = config_error(deployment(max_concurrent_loads=loads))
+    assert err.key == "deployment.max_concurrent_loads"
+    assert str(err) == (
+        "deployment.max_concurrent_loads: must be null (as many as there are model slots) "
+        f"or an integer >= 1, got {loads}"
+    )
+
+
+@pytest.mark.parametrize("loads", [1, 2, 1000, None])
+def test_max_concurrent_loads_positive_or_null_is_accepted(loads: int | None) -> None:
+    config = parse_config(deployment(max_concurrent_loads=loads))
+    assert config.deployment.max_concurrent_loads == loads
 
 
 def test_missing_deployment_or_import_path() -> None:
@@ -401,6 +423,7 @@ def deployments(draw: st.DrawFn) -> dict[str, object]:
                 "host": st.text(min_size=1),
                 "graceful_shutdown_timeout_s": SECONDS,
                 "model_load_timeout_s": SECONDS,
+                "max_concurrent_loads": st.none() | st.integers(min_value=1),
             },
         )
     )

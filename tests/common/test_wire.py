@@ -111,6 +111,25 @@ def test_optional_and_boundary_values_round_trip() -> None:
     assert decode_snapshot(encode_snapshot(original)) == original
 
 
+def test_a_load_limit_survives_the_round_trip() -> None:
+    limited = snapshot(max_concurrent_loads=1)
+    assert msgpack.unpackb(encode_snapshot(limited))["max_concurrent_loads"] == 1
+    assert decode_snapshot(encode_snapshot(limited)) == limited
+
+
+def test_no_load_limit_is_not_sent_so_the_frame_is_what_older_replicas_send() -> None:
+    raw = msgpack.unpackb(encode_snapshot(snapshot(max_concurrent_loads=None)))
+    assert "max_concurrent_loads" not in raw
+    assert set(raw) == set(payload())
+
+
+def test_a_frame_without_the_load_limit_or_with_nil_decodes_as_none() -> None:
+    assert decode_snapshot(frame_of(payload())).max_concurrent_loads is None
+    assert (
+        decode_snapshot(frame_of(payload(max_concurrent_loads=None))).max_concurrent_loads is None
+    )
+
+
 def test_a_model_may_be_resident_and_loading_at_once() -> None:
     both = snapshot(models=(ModelEntry(model_id="m", idle_s=0.0, in_use=0),), loading=("m",))
     assert decode_snapshot(encode_snapshot(both)) == both
@@ -246,6 +265,11 @@ def test_binary_keys_are_unknown_fields() -> None:
         ("load_ms_avg", math.inf, "field 'load_ms_avg' must be a finite number >= 0"),
         ("load_ms_avg", "fast", "field 'load_ms_avg' must be a number, not str"),
         ("load_ms_avg", True, "field 'load_ms_avg' must be a number, not bool"),
+        ("max_concurrent_loads", 0, "field 'max_concurrent_loads' must be >= 1, got 0"),
+        ("max_concurrent_loads", -1, "field 'max_concurrent_loads' must be >= 1, got -1"),
+        ("max_concurrent_loads", 1.0, "field 'max_concurrent_loads' must be an integer, not float"),
+        ("max_concurrent_loads", True, "field 'max_concurrent_loads' must be an integer, not bool"),
+        ("max_concurrent_loads", "1", "field 'max_concurrent_loads' must be an integer, not str"),
         ("models", {}, "field 'models' must be an array, not dict"),
         ("models", None, "field 'models' must be an array, not nil"),
         ("loading", "m", "field 'loading' must be an array, not str"),
@@ -323,6 +347,7 @@ def test_too_many_models_are_rejected() -> None:
         ({"sequence": 2**64}, "cannot encode snapshot frame"),
         ({"url": "http://h:1/\udcff"}, "field 'url'"),
         ({"draining": 1}, "field 'draining' must be a boolean"),
+        ({"max_concurrent_loads": 0}, "field 'max_concurrent_loads' must be >= 1"),
     ],
 )
 def test_encoding_refuses_invalid_snapshots(changes: dict[str, Any], message: str) -> None:
@@ -412,6 +437,7 @@ def snapshots(draw: st.DrawFn) -> ReplicaSnapshot:
         max_ongoing_requests=draw(st.integers(min_value=1, max_value=2**63 - 1)),
         draining=draw(st.booleans()),
         load_ms_avg=draw(st.none() | ages),
+        max_concurrent_loads=draw(st.none() | st.integers(min_value=1, max_value=2**63 - 1)),
     )
 
 
@@ -456,7 +482,7 @@ def test_arbitrary_msgpack_values_decode_or_raise_wire_error(obj: Any) -> None:
 
 @given(
     snapshots(),
-    st.sampled_from(sorted(set(payload()))),
+    st.sampled_from(sorted(set(payload()) | {"max_concurrent_loads"})),
     msgpack_values | st.sampled_from([DROP]),
 )
 def test_a_snapshot_with_one_arbitrary_field_decodes_or_raises_wire_error(
@@ -464,7 +490,7 @@ def test_a_snapshot_with_one_arbitrary_field_decodes_or_raises_wire_error(
 ) -> None:
     raw: dict[str, Any] = msgpack.unpackb(encode_snapshot(original))
     if value is DROP:
-        del raw[field]
+        raw.pop(field, None)
     else:
         raw[field] = value
     decodes_or_raises_wire_error(frame_of(raw))

@@ -82,6 +82,21 @@ async def test_lru_eviction_shows_in_status_within_a_second(
     assert time.monotonic() - evicted_at < 1.0
 
 
+async def test_the_configured_load_limit_reaches_the_replica_report(
+    start_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = start_cluster(
+        num_replicas=1, max_num_models_per_replica=3, deployment={"max_concurrent_loads": 1}
+    )
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(*(get(session, cluster.url + "/", m) for m in "xyz"))
+        assert [status for status, _ in results] == [200, 200, 200]
+        async with session.get(cluster.status()["replicas"][0]["url"] + "/-/state") as response:
+            state = await response.json()
+    assert state["max_concurrent_loads"] == 1
+    assert total_loads(cluster) == 3
+
+
 async def test_a_streamed_answer_arrives_chunk_by_chunk(
     start_cluster: Callable[..., Cluster],
 ) -> None:

@@ -352,3 +352,178 @@ def test_capacity_must_be_positive_or_unlimited() -> None:
     loader: Callable[[str], Awaitable[Model]] = Loader()
     with pytest.raises(ValueError, match="capacity"):
         ModelCache(loader, capacity=0)
+
+
+# -- max_concurrent_loads ---------------------------------------------------------------------
+
+
+class GatedLoader:
+    """A loader whose call for a model id waits until the test opens that id's gate; it counts
+    the calls running at once."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: set[str] = set()
+        self.running = 0
+        self.peak = 0
+        self._gates: dict[str, asyncio.Event] = {}
+
+    def open(self, model_id: str) -> None:
+        self._gates.setdefault(model_id, asyncio.Event()).set()
+
+    async def __call__(self, model_id: str) -> Model:
+        self.calls.append(model_id)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self._gates.setdefault(model_id, asyncio.Event()).wait()
+            if model_id in self.fail:
+                raise RuntimeError(f"cannot load {model_id}")
+            return Model(model_id)
+        finally:
+            self.running -= 1
+
+
+async def test_one_load_at_a_time_takes_every_slot_at_once_and_loads_in_turn() -> None:
+    loader = GatedLoader()
+    events: list[CacheEvent] = []
+    cache = ModelCache(loader, capacity=3, max_concurrent_loads=1)
+    cache.add_listener(events.append)
+    tasks = [asyncio.create_task(cache.get(model_id)) for model_id in ("z", "x", "y")]
+    await until(lambda: loader.calls == ["z"])
+    assert cache.state().loading == ("z", "x", "y")  # all three reported as loading
+    assert [(e.kind, e.model_id) for e in events] == [
+        (CacheEventKind.LOAD_STARTED, "z"),
+        (CacheEventKind.LOAD_STARTED, "x"),
+        (CacheEventKind.LOAD_STARTED, "y"),
+    ]
+    loader.open("z")
+    await until(lambda: loader.calls == ["z", "x"])  # first come, first served
+    assert resident(cache) == ["z"]
+    assert cache.state().loading == ("x", "y")
+    loader.open("x")
+    await until(lambda: loader.calls == ["z", "x", "y"])
+    loader.open("y")
+    models = await asyncio.gather(*tasks)
+    assert [m.model_id for m in models] == ["z", "x", "y"]
+    assert loader.peak == 1
+    assert resident(cache) == ["z", "x", "y"]
+    assert cache.metrics.loads == 3
+
+
+async def test_a_limit_of_two_runs_two_loads_at_once() -> None:
+    loader = GatedLoader()
+    cache = ModelCache(loader, capacity=4, max_concurrent_loads=2)
+    tasks = [asyncio.create_task(cache.get(model_id)) for model_id in ("a", "b", "c", "d")]
+    await until(lambda: loader.calls == ["a", "b"])
+    assert len(cache.state().loading) == 4
+    loader.open("b")
+    await until(lambda: loader.calls == ["a", "b", "c"])
+    for model_id in ("a", "c", "d"):
+        loader.open(model_id)
+    await asyncio.gather(*tasks)
+    assert loader.peak == 2
+    assert sorted(resident(cache)) == ["a", "b", "c", "d"]
+
+
+async def test_the_victim_leaves_when_a_queued_load_takes_its_slot() -> None:
+    loader = GatedLoader()
+    loader.open("old")
+    cache = ModelCache(loader, capacity=2, max_concurrent_loads=1)
+    await cache.get("old")
+    running = asyncio.create_task(cache.get("a"))
+    queued = asyncio.create_task(cache.get("b"))
+    await until(lambda: cache.state().loading == ("a", "b"))
+    assert resident(cache) == []  # evicted before the load of "b" was even queued
+    await until(lambda: cache.metrics.unloads == 1)
+    assert loader.calls == ["old", "a"]
+    loader.open("a")
+    loader.open("b")
+    await asyncio.gather(running, queued)
+    assert resident(cache) == ["a", "b"]
+
+
+async def test_a_failing_queued_load_frees_its_slot_and_passes_its_turn_on() -> None:
+    loader = GatedLoader()
+    loader.fail = {"bad"}
+    cache = ModelCache(loader, capacity=3, max_concurrent_loads=1)
+    first = asyncio.create_task(cache.get("a"))
+    failing = [asyncio.create_task(cache.get("bad")) for _ in range(3)]
+    last = asyncio.create_task(cache.get("c"))
+    await until(lambda: loader.calls == ["a"])
+    loader.open("a")
+    await until(lambda: loader.calls == ["a", "bad"])
+    loader.open("bad")
+    await until(lambda: loader.calls == ["a", "bad", "c"])
+    results = await asyncio.gather(*failing, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "cannot load bad" in str(r) for r in results)
+    assert len(cache) == 2  # "a" resident, "c" loading: the failed load's slot is free
+    assert cache.state().loading == ("c",)
+    assert cache.metrics.load_failures == 1
+    loader.open("c")
+    await asyncio.gather(first, last)
+    assert loader.peak == 1
+    assert resident(cache) == ["a", "c"]
+
+
+async def test_a_queued_load_whose_waiters_were_cancelled_still_loads() -> None:
+    loader = GatedLoader()
+    cache = ModelCache(loader, capacity=2, max_concurrent_loads=1)
+    first = asyncio.create_task(cache.get("a"))
+    impatient = asyncio.create_task(cache.get("b"))
+    await until(lambda: cache.state().loading == ("a", "b"))
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    assert cache.state().loading == ("a", "b")
+    loader.open("a")
+    loader.open("b")
+    await first
+    await until(lambda: "b" in cache)
+    assert loader.calls == ["a", "b"]
+    assert [m.pins for m in cache.state().models] == [0, 0]
+
+
+async def test_shutdown_lets_the_running_load_end_and_drops_the_queued_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    loader = GatedLoader()
+    events: list[CacheEvent] = []
+    cache = ModelCache(loader, capacity=3, max_concurrent_loads=1)
+    cache.add_listener(events.append)
+    running = asyncio.create_task(cache.get("a"))
+    queued = asyncio.create_task(cache.get("b"))
+    unwaited = asyncio.create_task(cache.get("c"))
+    await until(lambda: cache.state().loading == ("a", "b", "c"))
+    unwaited.cancel()  # a queued load nobody waits for must not log "never retrieved"
+    closing = asyncio.create_task(cache.shutdown())
+    with pytest.raises(CacheClosed, match="shut down before 'b' could load"):
+        await queued
+    assert cache.state().loading == ("a",)
+    assert not closing.done()  # the running load may end
+    loader.open("a")
+    assert (await running).model_id == "a"
+    await asyncio.wait_for(closing, 5)
+    assert loader.calls == ["a"]
+    assert len(cache) == 0
+    assert cache.metrics.load_failures == 0  # the dropped loads never called the loader
+    assert (CacheEventKind.LOAD_FAILED, "c") in [(e.kind, e.model_id) for e in events]
+    del unwaited  # its cancellation's traceback holds the load's future
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_the_state_reports_the_load_limit() -> None:
+    assert ModelCache(Loader(), capacity=3).state().max_concurrent_loads is None
+    assert (
+        ModelCache(Loader(), capacity=3, max_concurrent_loads=1).state().max_concurrent_loads == 1
+    )
+
+
+@pytest.mark.parametrize("loads", [0, -1])
+def test_max_concurrent_loads_must_be_positive_or_none(loads: int) -> None:
+    loader: Callable[[str], Awaitable[Model]] = Loader()
+    with pytest.raises(ValueError, match="max_concurrent_loads"):
+        ModelCache(loader, capacity=3, max_concurrent_loads=loads)

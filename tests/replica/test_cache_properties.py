@@ -1,6 +1,7 @@
 """Property test: any interleaving of requests, releases, load successes and failures keeps
-the cache's invariants — slots never over-committed, pinned models never evicted, and every
-evicted model cleaned up exactly once."""
+the cache's invariants — slots never over-committed, pinned models never evicted, never more
+loader calls at once than `max_concurrent_loads`, and every evicted model cleaned up exactly
+once."""
 
 import asyncio
 from dataclasses import dataclass, field
@@ -25,12 +26,19 @@ class Tracked:
 class World:
     loads: list[tuple[str, asyncio.Future[bool]]] = field(default_factory=list)
     created: list[Tracked] = field(default_factory=list)
+    running: int = 0  # loader calls under way
+    peak: int = 0
 
     async def load(self, model_id: str) -> Tracked:
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.loads.append((model_id, outcome))
-        if not await outcome:
-            raise RuntimeError(f"load of {model_id} failed")
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if not await outcome:
+                raise RuntimeError(f"load of {model_id} failed")
+        finally:
+            self.running -= 1
         model = Tracked(model_id)
         self.created.append(model)
         return model
@@ -59,8 +67,11 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def check(cache: ModelCache[Tracked], capacity: int, live: list[Request]) -> None:
+def check(cache: ModelCache[Tracked], capacity: int, world: World, live: list[Request]) -> None:
     assert len(cache) <= capacity
+    limit = cache.max_concurrent_loads
+    assert limit is None or world.peak <= limit, "more loads at once than max_concurrent_loads"
+    assert world.running <= len(cache.state().loading)
     resident = {m.model_id for m in cache.state().models}
     for request in live:
         if request.model is not None and not request.done.is_set():
@@ -69,13 +80,15 @@ def check(cache: ModelCache[Tracked], capacity: int, live: list[Request]) -> Non
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(capacity=st.integers(1, 4), operations=ops)
+@given(capacity=st.integers(1, 4), max_loads=st.none() | st.integers(1, 3), operations=ops)
 def test_random_interleavings_keep_the_invariants(
-    capacity: int, operations: list[tuple[object, ...]]
+    capacity: int, max_loads: int | None, operations: list[tuple[object, ...]]
 ) -> None:
     async def scenario() -> None:
         world = World()
-        cache = ModelCache(world.load, capacity=capacity, slot_timeout_s=3600)
+        cache = ModelCache(
+            world.load, capacity=capacity, slot_timeout_s=3600, max_concurrent_loads=max_loads
+        )
         live: list[Request] = []
 
         async def serve(request: Request) -> None:
@@ -99,7 +112,7 @@ def test_random_interleavings_keep_the_invariants(
                     _, outcome = pending[int(str(op[1])) % len(pending)]
                     outcome.set_result(bool(op[2]))
             await settle()
-            check(cache, capacity, live)
+            check(cache, capacity, world, live)
 
         for request in live:  # drain: every request ends, every load completes
             request.done.set()
@@ -110,7 +123,7 @@ def test_random_interleavings_keep_the_invariants(
                 if not outcome.done():
                     outcome.set_result(True)
             await settle()
-            check(cache, capacity, live)
+            check(cache, capacity, world, live)
         else:
             raise AssertionError("requests still waiting after every release and load")
         await cache.shutdown()

@@ -151,6 +151,21 @@ async def test_the_replica_capacity_override_wins_over_the_decorator() -> None:
     assert load.cache_for() in runtime.caches()
 
 
+async def test_caches_take_the_replica_load_limit() -> None:
+    @multiplexed(max_num_models_per_replica=2)
+    async def unlimited(model_id: str) -> str:
+        return model_id
+
+    assert unlimited.cache_for().max_concurrent_loads is None
+    runtime.max_concurrent_loads = 1
+
+    @multiplexed(max_num_models_per_replica=2)
+    async def serial(model_id: str) -> str:
+        return model_id
+
+    assert serial.cache_for().max_concurrent_loads == 1
+
+
 async def test_ray_style_deployment_runs_unchanged() -> None:
     class MultiplexedDeployment:
         @multiplexed(max_num_models_per_replica=3)

@@ -16,7 +16,12 @@ from replica._cache import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
 from replica._reporter import CHANNEL_PATH
 from replica._runtime import runtime
-from replica._snapshot import build_snapshot, combined_capacity, mean_load_ms
+from replica._snapshot import (
+    build_snapshot,
+    combined_capacity,
+    combined_load_limit,
+    mean_load_ms,
+)
 from replica.server import ReplicaServer
 
 SECRET = "test-secret"
@@ -384,6 +389,32 @@ def test_capacity_of_several_caches() -> None:
     assert combined_capacity([2, -1], fallback=3) == -1
 
 
+def limits(*caches: tuple[int, int | None]) -> list[CacheState]:
+    return [CacheState(capacity, (), (), limit) for capacity, limit in caches]
+
+
+def test_load_limit_of_several_caches() -> None:
+    def combined(states: list[CacheState]) -> int | None:
+        return combined_load_limit(states, fallback_capacity=3, fallback=None)
+
+    assert combined(limits((3, None))) is None
+    assert combined(limits((3, 1))) == 1
+    assert combined(limits((3, 3))) is None  # no limit below the slots
+    assert combined(limits((3, 5))) is None
+    assert combined(limits((-1, 2))) == 2
+    assert combined(limits((-1, None))) is None
+    assert combined(limits((3, 1), (2, 1))) == 2
+    assert combined(limits((3, 1), (2, None))) == 3  # one load, plus two in the other's slots
+    assert combined(limits((3, 1), (-1, None))) is None
+    assert combined(limits((3, 1), (-1, 4))) == 5
+
+
+def test_load_limit_with_no_cache_yet_is_the_fallback() -> None:
+    assert combined_load_limit([], fallback_capacity=3, fallback=None) is None
+    assert combined_load_limit([], fallback_capacity=3, fallback=1) == 1
+    assert combined_load_limit([], fallback_capacity=1, fallback=1) is None
+
+
 def test_mean_load_time_over_caches() -> None:
     assert mean_load_ms([CacheMetrics()]) is None
     one, two = CacheMetrics(), CacheMetrics()
@@ -401,3 +432,12 @@ def test_no_cache_yet_reports_the_override() -> None:
 
     server = ReplicaServer(plain, replica_id="r")
     assert server.snapshot().capacity == 7
+
+
+def test_the_snapshot_reports_the_caches_load_limit() -> None:
+    assert ReplicaServer(Deployment(), replica_id="r").snapshot().max_concurrent_loads is None
+    runtime.reset()
+    runtime.max_concurrent_loads = 1
+    server = ReplicaServer(Deployment(), replica_id="r")
+    assert [cache.max_concurrent_loads for cache in runtime.caches()] == [1]
+    assert server.snapshot().max_concurrent_loads == 1

@@ -25,6 +25,7 @@ def snapshot(
     in_flight: int = 0,
     draining: bool = False,
     load_ms_avg: float | None = None,
+    max_concurrent_loads: int | None = None,
 ) -> ReplicaSnapshot:
     """A replica's report. `models` come least recently used first, as on the wire: a bare id
     gets an idle time from its position (the first is the idlest); a tuple gives
@@ -50,6 +51,7 @@ def snapshot(
         max_ongoing_requests=max_ongoing_requests,
         draining=draining,
         load_ms_avg=load_ms_avg,
+        max_concurrent_loads=max_concurrent_loads,
     )
 
 

@@ -75,6 +75,7 @@ def test_num_replicas_alone_is_not_a_spec_change() -> None:
     [
         {"max_num_models_per_replica": 5},
         {"max_ongoing_requests": 2},
+        {"max_concurrent_loads": 1},
         {"init_kwargs": {"model_dir": "elsewhere"}},
         {"import_path": "examples.synthetic:SyntheticModels"},
     ],

@@ -57,6 +57,18 @@ def test_newer_sequence_replaces_the_models() -> None:
     assert view.replicas["r1"].sequence == 2
 
 
+def test_a_report_sets_the_load_limit_and_a_stale_one_does_not() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1"), now=0.0)
+    assert view.replicas["r1"].max_concurrent_loads is None
+    view.apply_report(snapshot("r1", sequence=2, max_concurrent_loads=1), now=1.0)
+    assert view.replicas["r1"].max_concurrent_loads == 1
+    view.apply_report(snapshot("r1", sequence=1), now=2.0)  # out of order: ignored
+    assert view.replicas["r1"].max_concurrent_loads == 1
+    view.apply_report(snapshot("r1", sequence=3), now=3.0)
+    assert view.replicas["r1"].max_concurrent_loads is None
+
+
 @pytest.mark.parametrize("sequence", [5, 4, 0])
 def test_a_report_that_is_not_newer_is_ignored(sequence: int) -> None:
     view = ClusterView()
