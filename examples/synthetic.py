@@ -9,6 +9,11 @@ Init kwargs (the config's `deployment.init_kwargs`):
     max_num_models_per_replica
                  this instance's cache capacity (-1: no limit); None keeps the decorator's 3,
                  or the config's deployment-wide override when it sets one
+    load_parallelism
+                 loads the simulated hardware runs at once (per instance, so per replica
+                 process); more loads wait inside the loader before their load_s. None: no
+                 limit. The cache does not know of it: the config's
+                 deployment.max_concurrent_loads is what tells the cache, and so the router
 
 Query parameters, per request (any method, any path):
 
@@ -171,10 +176,18 @@ class SyntheticModels:
         infer_s: float = 0.0,
         fail_load: list[str] | None = None,
         max_num_models_per_replica: int | None = None,
+        load_parallelism: int | None = None,
     ) -> None:
         self.load_s = _checked_seconds("load_s", load_s)
         self.infer_s = _checked_seconds("infer_s", infer_s)
         self.fail_load = frozenset(_checked_ids(fail_load or []))
+        if load_parallelism is not None:
+            if isinstance(load_parallelism, bool) or not isinstance(load_parallelism, int):
+                raise TypeError(f"load_parallelism must be an integer, got {load_parallelism!r}")
+            if load_parallelism < 1:
+                raise ValueError(f"load_parallelism must be >= 1, got {load_parallelism}")
+        self.load_parallelism = load_parallelism
+        self._hardware: asyncio.Semaphore | None = None  # made in the running loop, when needed
         if max_num_models_per_replica is not None:
             capacity = max_num_models_per_replica
             if isinstance(capacity, bool) or not isinstance(capacity, int):
@@ -186,12 +199,21 @@ class SyntheticModels:
     @multiplexed(max_num_models_per_replica=3)
     async def load_model(self, model_id: str) -> SyntheticModel:
         global LOADS
-        if self.load_s:
-            await asyncio.sleep(self.load_s)
+        if self.load_parallelism is None:
+            await self._load_time()
+        else:
+            if self._hardware is None:
+                self._hardware = asyncio.Semaphore(self.load_parallelism)
+            async with self._hardware:
+                await self._load_time()
         if model_id in self.fail_load or model_id.startswith("fail-load"):
             raise RuntimeError(f"synthetic load failure for {model_id}")
         LOADS += 1
         return SyntheticModel(model_id, time.time())
+
+    async def _load_time(self) -> None:
+        if self.load_s:
+            await asyncio.sleep(self.load_s)
 
     async def __call__(
         self, request: web.Request

@@ -3,10 +3,13 @@
 `BenchCluster` starts `python -m router` and N `python -m replica` processes of
 `examples.synthetic:SyntheticModels` on ephemeral loopback ports, with a config and a cluster
 secret in a temporary directory, as a user would run them (the approach of
-`tests/integration/cluster_harness.py`, copied rather than imported). It reads the replicas'
-load counters from their `/-/metrics` and stops every process it started. `Nginx` runs Debian's
-nginx as a plain keep-alive reverse proxy in front of one replica. `run_loadgen` runs
-`_loadgen.py` in its own process and samples the CPU time of the given processes meanwhile.
+`tests/integration/cluster_harness.py`, copied rather than imported). With
+`max_concurrent_loads` the config limits each replica's loads, and the synthetic hardware runs
+no more at once either (`load_parallelism`; 1 is like a Ray Serve replica, whose loads run one
+at a time). It reads the replicas' load counters from their `/-/metrics` and stops every
+process it started. `Nginx` runs Debian's nginx as a plain keep-alive reverse proxy in front
+of one replica. `run_loadgen` runs `_loadgen.py` in its own process and samples the CPU time
+of the given processes meanwhile.
 """
 
 from __future__ import annotations
@@ -143,22 +146,25 @@ class BenchCluster:
         load_s: float,
         infer_s: float,
         patience: float | None = None,
+        max_concurrent_loads: int | None = None,
     ) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="modelplex-bench-"))
         self.secret = "bench-" + os.urandom(12).hex()
         router: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
         if patience is not None:
             router["popular_model_patience"] = patience
-        config = {
-            "router": router,
-            "deployment": {
-                "import_path": "examples.synthetic:SyntheticModels",
-                "init_kwargs": {"load_s": load_s, "infer_s": infer_s},
-                "num_replicas": replicas,
-                "max_num_models_per_replica": capacity,
-                "max_ongoing_requests": max_ongoing,
-            },
+        init_kwargs: dict[str, Any] = {"load_s": load_s, "infer_s": infer_s}
+        deployment: dict[str, Any] = {
+            "import_path": "examples.synthetic:SyntheticModels",
+            "init_kwargs": init_kwargs,
+            "num_replicas": replicas,
+            "max_num_models_per_replica": capacity,
+            "max_ongoing_requests": max_ongoing,
         }
+        if max_concurrent_loads is not None:
+            deployment["max_concurrent_loads"] = max_concurrent_loads
+            init_kwargs["load_parallelism"] = max_concurrent_loads
+        config = {"router": router, "deployment": deployment}
         self.config_path = self.tmp / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.num_replicas = replicas

@@ -37,6 +37,7 @@ class RunConfig:
     duration_s: float = 5.0
     warmup_s: float = 1.0
     patience: float | None = None  # router.popular_model_patience; None = the default
+    max_concurrent_loads: int | None = None  # per replica; None = as many as slots
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {

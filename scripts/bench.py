@@ -71,6 +71,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--duration-s", float, "overhead: measured seconds per phase (5)"),
         ("--warmup-s", float, "overhead: warm-up seconds per phase (1)"),
         ("--patience", float, "router.popular_model_patience, in load times (the default)"),
+        ("--max-concurrent-loads", int, "per-replica loads at once (as many as slots)"),
     ]
     for flag, kind, text in flags:
         parser.add_argument(flag, type=kind, help=text)
@@ -110,6 +111,7 @@ def _cluster(config: RunConfig) -> BenchCluster:
         load_s=config.load_s,
         infer_s=config.infer_s,
         patience=config.patience,
+        max_concurrent_loads=config.max_concurrent_loads,
     )
 
 

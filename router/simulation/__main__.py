@@ -51,6 +51,7 @@ _DEFAULTS: dict[str, Any] = {
     "replicas": 8,
     "capacity": 4,
     "max_ongoing": 8,
+    "max_concurrent_loads": None,
     "load_s": 1.0,
     "load_dist": "const",
     "infer_s": 0.02,
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--replicas", type=int)
     add("--capacity", type=int, help="model slots per replica")
     add("--max-ongoing", type=int, help="max_ongoing_requests per replica")
+    add("--max-concurrent-loads", type=int, help="loads a replica runs at once (as many as slots)")
     add("--load-s", type=float, help="mean model load time, seconds")
     add("--load-dist", choices=[k.value for k in DistKind])
     add("--infer-s", type=float, help="mean inference time, seconds")
@@ -151,6 +153,7 @@ def scenario_from(options: dict[str, Any]) -> Scenario:
         replicas=options["replicas"],
         capacity=options["capacity"],
         max_ongoing_requests=options["max_ongoing"],
+        max_concurrent_loads=options["max_concurrent_loads"],
         load=Dist(DistKind(options["load_dist"]), options["load_s"], sigma),
         concurrency=options["concurrency"],
         report_delay_s=options["report_delay_ms"] / 1000,

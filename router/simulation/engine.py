@@ -48,6 +48,7 @@ class EngineConfig:
     replicas: int = 8
     capacity: int = 4  # model slots per replica
     max_ongoing_requests: int = 8
+    max_concurrent_loads: int | None = None  # loads per replica at once; None: as many as slots
     load: Dist = _ONE_SECOND
     concurrency: int = 32  # closed loop clients (ignored when the workload has arrival times)
     report_delay_s: float = 0.002
@@ -101,7 +102,10 @@ class _Engine:
         self.view = ClusterView(pending_grace_s=config.pending_grace_s)
         self.sims = [
             SimReplica(
-                i, capacity=config.capacity, max_ongoing_requests=config.max_ongoing_requests
+                i,
+                capacity=config.capacity,
+                max_ongoing_requests=config.max_ongoing_requests,
+                max_concurrent_loads=config.max_concurrent_loads,
             )
             for i in range(config.replicas)
         ]

@@ -1,24 +1,28 @@
 """A simulated replica: the multiplexed cache of `replica/_cache.py`, on simulated time.
 
 It keeps the real cache's rules, and asserts the first two on every change:
-- resident + loading <= capacity: a load takes its slot when it starts, and its victim leaves
-  before the load begins (evict-before-load);
+- resident + loading <= capacity: a load takes its slot at once, even while it waits for its
+  turn (below), and its victim leaves before the load begins (evict-before-load);
 - a model held by a request (pinned: from the request's arrival at the replica to its answer)
   or still loading is never evicted; when every slot is taken, a cold request waits for a
   slot and retries when a pin drops to zero;
 - one load per model at a time: requests for a loading model wait for that load;
+- at most `max_concurrent_loads` loads run at once (None: no limit below the capacity); a load
+  beyond it takes its slot (and evicts its victim) at once and is reported as loading, but
+  starts only when a running load ends, in the order the slots were taken;
 - the victim is the least recently used unpinned model, or the router's eviction hint
   (`Route.evict`) when the cache is full and that model is resident and unpinned.
 
 The replica runs every request it is sent at once (the router keeps it within
 max_ongoing_requests); a request whose model is ready infers for its own time. The engine
 drains its outboxes after each call: `started` (requests that begin inference now),
-`loads_started` and `evicted` (model ids), and `changed` (the cache changed: send a report).
+`loads_started` (model ids whose load begins now: at once, or as a running load ends),
+`evicted` (model ids), and `changed` (the cache changed: send a report).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from common.wire import ModelEntry, ReplicaSnapshot
 from router.simulation.contract import SimRequest
@@ -44,16 +48,20 @@ class SimReplica:
         *,
         capacity: int,
         max_ongoing_requests: int,
+        max_concurrent_loads: int | None = None,
         incarnation: str = "sim",
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if max_concurrent_loads is not None and max_concurrent_loads < 1:
+            raise ValueError(f"max_concurrent_loads must be None or >= 1: {max_concurrent_loads}")
         self.index = index
         self.replica_id = f"replica-{index}"
         self.url = f"http://replica-{index}.sim"
         self.incarnation = incarnation
         self.capacity = capacity
         self.max_ongoing_requests = max_ongoing_requests
+        self.max_concurrent_loads = max_concurrent_loads
         self.sequence = 0
         self.in_flight = 0
         self.loads = 0
@@ -63,6 +71,8 @@ class SimReplica:
         self._loads_done = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
         self._slot_waiters: list[SimRequest] = []
+        self._loads_running = 0
+        self._load_queue: deque[str] = deque()  # loads holding a slot, waiting for their turn
         self.started: list[SimRequest] = []
         self.loads_started: list[str] = []
         self.evicted: list[str] = []
@@ -79,9 +89,14 @@ class SimReplica:
         self._get(request, now)
 
     def loaded(self, model_id: str, now: float, load_s: float) -> None:
-        """The load of `model_id` finished; its waiters start inference."""
+        """The load of `model_id` finished; its waiters start inference, and the first load
+        waiting for its turn begins."""
         entry = self._entries[model_id]
         entry.loading = False
+        if self._load_queue:
+            self.loads_started.append(self._load_queue.popleft())
+        else:
+            self._loads_running -= 1
         self._load_s_total += load_s
         self._loads_done += 1
         self.started.extend(entry.waiters)
@@ -114,7 +129,7 @@ class SimReplica:
             entries[model_id] = entry
             assert len(entries) <= self.capacity, "a replica's cache over-committed"
             self.loads += 1
-            self.loads_started.append(model_id)
+            self._begin_load(model_id)
             self.changed = True
         else:
             entries.move_to_end(model_id)
@@ -125,6 +140,14 @@ class SimReplica:
         else:
             request.found_ready = True
             self.started.append(request)
+
+    def _begin_load(self, model_id: str) -> None:
+        limit = self.max_concurrent_loads
+        if limit is None or self._loads_running < limit:
+            self._loads_running += 1
+            self.loads_started.append(model_id)
+        else:
+            self._load_queue.append(model_id)
 
     def _victim(self, hint: str | None) -> _Entry | None:
         if hint is not None:
@@ -161,8 +184,10 @@ class SimReplica:
         return 0 if entry is None else entry.pins
 
     def snapshot(self, now: float) -> ReplicaSnapshot:
-        """The replica's whole state now, with the next sequence number."""
+        """The replica's whole state now, with the next sequence number; its load limit as
+        `replica._snapshot` reports a cache's: None unless it is below the capacity."""
         self.sequence += 1
+        limit = self.max_concurrent_loads
         models: list[ModelEntry] = []
         loading: list[str] = []
         for entry in self._entries.values():
@@ -187,4 +212,5 @@ class SimReplica:
             max_ongoing_requests=self.max_ongoing_requests,
             draining=False,
             load_ms_avg=self._load_s_total * 1000 / self._loads_done if self._loads_done else None,
+            max_concurrent_loads=limit if limit is not None and limit < self.capacity else None,
         )

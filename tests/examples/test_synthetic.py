@@ -81,6 +81,9 @@ async def test_a_bad_knob_is_a_400(serve: Serve) -> None:
         ({"fail_load": "m1"}, TypeError),
         ({"max_num_models_per_replica": 0}, ValueError),
         ({"max_num_models_per_replica": 2.0}, TypeError),
+        ({"load_parallelism": 0}, ValueError),
+        ({"load_parallelism": 1.5}, TypeError),
+        ({"load_parallelism": True}, TypeError),
     ],
 )
 def test_bad_init_kwargs_are_refused(kwargs: dict[str, Any], error: type[Exception]) -> None:
@@ -139,6 +142,27 @@ async def test_load_s_delays_each_load() -> None:
     started = asyncio.get_running_loop().time()
     await deployment.load_model("slow")
     assert asyncio.get_running_loop().time() - started >= 0.05
+
+
+async def test_load_parallelism_one_runs_the_loads_one_after_another() -> None:
+    deployment = SyntheticModels(load_s=0.05, load_parallelism=1)
+    cache = SyntheticModels.load_model.cache_for(deployment)
+    assert cache.max_concurrent_loads is None  # the cache calls all three loaders at once
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    models = await asyncio.gather(*(deployment.load_model(m) for m in ("a", "b", "c")))
+    assert loop.time() - started >= 3 * 0.05 - 0.005  # the hardware ran them in turn
+    assert [m.model_id for m in models] == ["a", "b", "c"]
+    stamps = [m.loaded_at for m in models]
+    assert stamps == sorted(stamps)
+
+
+async def test_a_failed_load_frees_the_hardware_for_the_next() -> None:
+    deployment = SyntheticModels(load_s=0.01, fail_load=["broken"], load_parallelism=1)
+    with pytest.raises(RuntimeError, match="synthetic load failure for broken"):
+        await deployment.load_model("broken")
+    model = await asyncio.wait_for(deployment.load_model("next"), 5)
+    assert model.model_id == "next"
 
 
 # -- answers --------------------------------------------------------------------------------

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
+from common.wire import ReplicaSnapshot
 from router.policy import AffinityPolicy, Prefetch
+from router.simulation import engine as engine_module
+from router.simulation.contract import SimRequest
 from router.simulation.engine import EngineConfig, RunStats, simulate
+from router.simulation.replica_model import SimReplica
 from router.simulation.runner import POLICY_NAMES, Scenario, make_policy
 from router.simulation.workloads import (
     Arrival,
@@ -120,3 +126,56 @@ def test_prefetched_copies_load_without_a_request() -> None:
     assert all("m0" in replica.models for replica in stats.view)
     assert sum(stats.per_replica) == 100
     assert min(stats.per_replica) > 0  # the copies served requests
+
+
+class CountingReplica(SimReplica):
+    """A simulated replica that counts its running loads from its own outbox: a load runs from
+    the call that put it in `loads_started` to its `loaded`."""
+
+    peak_running = 0  # over every replica of the run
+    peak_loading = 0
+    running = 0  # this replica's, once it changes
+
+    def _count_started(self, before: int) -> None:
+        self.running += len(self.loads_started) - before
+        CountingReplica.peak_running = max(CountingReplica.peak_running, self.running)
+
+    def arrive(self, request: SimRequest, now: float) -> None:
+        before = len(self.loads_started)
+        super().arrive(request, now)
+        self._count_started(before)
+
+    def finish(self, request: SimRequest, now: float) -> None:
+        before = len(self.loads_started)
+        super().finish(request, now)
+        self._count_started(before)
+
+    def loaded(self, model_id: str, now: float, load_s: float) -> None:
+        self.running -= 1
+        before = len(self.loads_started)
+        super().loaded(model_id, now, load_s)
+        self._count_started(before)
+
+    def snapshot(self, now: float) -> ReplicaSnapshot:
+        report = super().snapshot(now)
+        CountingReplica.peak_loading = max(CountingReplica.peak_loading, len(report.loading))
+        return report
+
+
+@pytest.mark.parametrize("name", ["modelplex", "ray"])
+def test_one_load_at_a_time_per_replica_is_kept_and_every_request_served(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setattr(engine_module, "SimReplica", CountingReplica)
+    monkeypatch.setattr(CountingReplica, "peak_running", 0)
+    monkeypatch.setattr(CountingReplica, "peak_loading", 0)
+    engine = dataclasses.replace(SMALL, capacity=3, max_concurrent_loads=1)
+    spec = dataclasses.replace(ZIPF, requests=600)
+    stats = simulate(
+        engine, generate(spec), make_policy(name, Scenario(engine=engine, workload=spec))
+    )
+    assert stats.completed == 600
+    assert CountingReplica.peak_running == 1
+    assert CountingReplica.peak_loading > 1  # loads did wait for their turn, reported as loading
+    assert stats.view is not None
+    assert {replica.max_concurrent_loads for replica in stats.view} == {1}

@@ -1,6 +1,7 @@
 """The simulated replica keeps the real cache's rules under any interleaving of requests,
 answers and finished loads: never over capacity, never evicting a pinned or loading model,
-one load per model at a time, every request eventually served."""
+one load per model at a time, never more loads at once than the limit, every request
+eventually served."""
 
 from __future__ import annotations
 
@@ -20,10 +21,13 @@ operation = st.one_of(
 
 
 class World:
-    def __init__(self, capacity: int) -> None:
-        self.replica = SimReplica(0, capacity=capacity, max_ongoing_requests=100)
+    def __init__(self, capacity: int, max_loads: int | None = None) -> None:
+        self.replica = SimReplica(
+            0, capacity=capacity, max_ongoing_requests=100, max_concurrent_loads=max_loads
+        )
+        self.max_loads = max_loads
         self.running: list[SimRequest] = []  # inferring: hold a pin
-        self.loading: list[str] = []
+        self.loading: list[str] = []  # loads started, not yet finished
         self.resident_pins: dict[str, int] = {}
         self.now = 0.0
         self.count = 0
@@ -40,7 +44,11 @@ class World:
         assert replica.slots_taken <= replica.capacity
         state = replica.snapshot(self.now)
         assert len(state.models) + len(state.loading) <= replica.capacity
-        assert set(state.loading) == set(self.loading)
+        assert set(self.loading) <= set(state.loading)  # the rest wait for their turn
+        if self.max_loads is not None:
+            assert len(self.loading) <= self.max_loads, "more loads at once than the limit"
+        if self.max_loads is None or len(self.loading) < self.max_loads:
+            assert set(state.loading) == set(self.loading), "a load waits while a turn is free"
 
     def step(self, op: tuple[str, object, object]) -> None:
         self.now += 0.1
@@ -62,11 +70,15 @@ class World:
 
 
 @settings(max_examples=200, deadline=None)
-@given(capacity=st.integers(min_value=1, max_value=3), ops=st.lists(operation, max_size=60))
+@given(
+    capacity=st.integers(min_value=1, max_value=3),
+    max_loads=st.none() | st.integers(min_value=1, max_value=3),
+    ops=st.lists(operation, max_size=60),
+)
 def test_invariants_hold_and_everything_is_served(
-    capacity: int, ops: list[tuple[str, object, object]]
+    capacity: int, max_loads: int | None, ops: list[tuple[str, object, object]]
 ) -> None:
-    world = World(capacity)
+    world = World(capacity, max_loads)
     for op in ops:
         world.step(op)  # the model asserts: no over-commit, no pinned or loading victim
     while world.running or world.loading:  # then let everything finish
@@ -114,3 +126,49 @@ def test_all_pinned_waits_for_a_slot() -> None:
     replica.finish(holder, 1.1)
     assert replica.evicted == ["a"]
     assert replica.loads_started == ["a", "b"]
+
+
+def test_one_load_at_a_time_takes_the_slots_at_once_and_starts_loads_in_turn() -> None:
+    replica = SimReplica(0, capacity=3, max_ongoing_requests=10, max_concurrent_loads=1)
+    requests = [SimRequest(i, model_id, 0.0, 0.1) for i, model_id in enumerate("zxy")]
+    for request in requests:
+        replica.arrive(request, 0.0)
+    assert replica.loads_started == ["z"]
+    assert replica.slots_taken == 3
+    snapshot = replica.snapshot(0.0)
+    assert snapshot.loading == ("z", "x", "y")  # all three reported as loading
+    assert snapshot.max_concurrent_loads == 1
+    replica.loaded("z", 1.0, 1.0)
+    assert replica.loads_started == ["z", "x"]  # first come, first served
+    assert replica.started == requests[:1]
+    replica.loaded("x", 2.0, 1.0)
+    assert replica.loads_started == ["z", "x", "y"]
+    replica.loaded("y", 3.0, 1.0)
+    assert replica.started == requests
+    assert replica.loads == 3
+
+
+def test_a_queued_load_evicts_its_victim_when_it_takes_the_slot() -> None:
+    replica = SimReplica(0, capacity=2, max_ongoing_requests=10, max_concurrent_loads=1)
+    old = SimRequest(0, "old", 0.0, 0.1)
+    replica.arrive(old, 0.0)
+    replica.loaded("old", 1.0, 1.0)
+    replica.finish(old, 1.1)
+    replica.arrive(SimRequest(1, "a", 2.0, 0.1), 2.0)
+    replica.arrive(SimRequest(2, "b", 2.0, 0.1), 2.0)
+    assert replica.evicted == ["old"]
+    assert replica.loads_started == ["old", "a"]
+    assert replica.snapshot(2.0).loading == ("a", "b")
+
+
+def test_the_reported_limit_is_none_unless_below_the_capacity() -> None:
+    def reported(capacity: int, limit: int | None) -> int | None:
+        replica = SimReplica(
+            0, capacity=capacity, max_ongoing_requests=1, max_concurrent_loads=limit
+        )
+        return replica.snapshot(0.0).max_concurrent_loads
+
+    assert reported(3, None) is None
+    assert reported(3, 2) == 2
+    assert reported(3, 3) is None
+    assert reported(3, 5) is None
