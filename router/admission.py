@@ -12,9 +12,9 @@ tests drive this class directly, so what they measure is the router's code.
 Rules it keeps:
 - FIFO: with anyone queued, a new request joins the queue; the queue is offered to the policy
   in arrival order, until no routable replica has room;
-- a model told to wait in a pass still waits for the rest of that pass (dispatches only add
-  load), and the policy learns how many requests ahead of the one it decides are waiting for a
-  model slot (`Demand.slot_waiters`);
+- a model told to wait in a pass is not asked about again in that pass (one decision per
+  waiting model, however long its queue); the policy learns how many requests ahead of the
+  one it decides are waiting for a model slot (`Demand.slot_waiters`);
 - `view.demand` counts every arrival once and every queued request from joining to leaving;
 - no routable replica at all refuses every waiter at once (no queue of doomed requests);
 - a full queue (`max_queued`) refuses the newcomer.
@@ -126,7 +126,8 @@ class AdmissionQueue(Generic[R]):
         elif isinstance(decision, Reject):
             actions.refused.append((request, Refusal.NO_REPLICA, decision.reason))
         elif self._enqueue(request, model_id, now, actions):
-            actions.wake_at = decision.until
+            if decision.until is not None and decision.until > now:
+                actions.wake_at = decision.until
             self._plan_copies((model_id,), now, actions)
         return actions
 
@@ -207,8 +208,9 @@ class AdmissionQueue(Generic[R]):
         actions.queued.append(request)
         return True
 
-    def _pass(self, now: float, actions: Actions[R]) -> None:
-        """Offer the queue to the policy in arrival order."""
+    def _pass(self, now: float, actions: Actions[R], *, again: bool = True) -> None:
+        """Offer the queue to the policy in arrival order; once more if that prefetched copies
+        of waiting models, so their waiters can go to the new copies at once."""
         queue = self._queue
         if not queue:
             return
@@ -254,13 +256,17 @@ class AdmissionQueue(Generic[R]):
                 told_to_wait[waiter.model_id] = None
                 if decision.for_slot:
                     demand.slot_waiters += 1
-                if decision.until is not None and (wake_at is None or decision.until < wake_at):
-                    wake_at = decision.until
+                until = decision.until
+                if until is not None and until > now and (wake_at is None or until < wake_at):
+                    wake_at = until
         self._queue = keep
         actions.wake_at = wake_at
-        self._plan_copies(told_to_wait, now, actions)
         for waiter in admitted:  # leave the demand's wait count once the pass is over
             self.leave(waiter.request)
+        prefetched = len(actions.prefetches)
+        self._plan_copies(told_to_wait, now, actions)
+        if again and len(actions.prefetches) > prefetched:
+            self._pass(now, actions, again=False)
 
     def _plan_copies(self, model_ids: Iterable[str], now: float, actions: Actions[R]) -> None:
         for model_id in model_ids:

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from router.demand import Demand
 from router.view import ClusterView, ReplicaView
 
 __all__ = [
@@ -84,6 +83,7 @@ class _Victim:
     cheapest_busy: int | None
     # Models in use or loading (so not evictable now): (worth, when expected to be free).
     busy: list[tuple[int, float]]
+    load_start_at: float = 0.0  # when a load could start on the victim's replica
     idle: _Victim | None = None  # the cheapest model on a replica with nothing to do
 
 
@@ -91,6 +91,7 @@ WAIT: Final = Wait()
 # How long a cold request may wait for a cheaper slot, in load times from its arrival: about
 # one, with a quarter more so that a load started just after it arrived still counts.
 _SLOT_WAIT_LOADS: Final = 1.25
+_ANY: Final = 1 << 30  # load turns: any replica, however many loads it has queued
 _NO_REPLICA: Final = Reject("no replica is available")
 
 
@@ -268,7 +269,7 @@ class ModelplexPolicy:
         planned: Counter[str] = Counter()
         value = demand.frequency(model_id)
         while capacity < wanted and len(taken) < len(view.replicas):
-            target = self._target(view, model_id, taken, value=value, planned=planned)
+            target = self._target(view, model_id, taken, value=value, now=now, planned=planned)
             if not isinstance(target, tuple):
                 break
             replica, evict = target
@@ -300,12 +301,6 @@ class ModelplexPolicy:
             return Route(target[0], evict=target[1])
         return WAIT if view.routable_ids else _NO_REPLICA
 
-    @staticmethod
-    def _patient(demand: Demand, model_id: str, now: float, patience: float) -> bool:
-        """Whether requests for `model_id` have waited less than `patience` loads."""
-        since = demand.waiting_since.get(model_id)
-        return since is None or now - since < patience * demand.load_s
-
     def _target(
         self,
         view: ClusterView,
@@ -313,7 +308,7 @@ class ModelplexPolicy:
         exclude: set[str],
         *,
         value: int | None,
-        now: float = 0.0,
+        now: float,
         planned: Counter[str] | None = None,
     ) -> tuple[ReplicaView, str | None] | Wait | None:
         """Where a new copy of `model_id` goes and what it evicts there.
@@ -329,15 +324,22 @@ class ModelplexPolicy:
         if cacheable and self._slot_key == key:
             free, found = self._slot
         else:
-            free, found = self._find_slot(view, model_id, exclude, planned or _NO_PLANS)
+            free, found = self._find_slot(view, model_id, exclude, planned or _NO_PLANS, now)
             if cacheable:
                 self._slot_key, self._slot = key, (free, found)
+        # Every loader that could take it is busy: wait for the first to free (in the router's
+        # queue, which serves waiters in order, rather than in one replica's queue of loads).
         if free is not None:
+            start_at = free.load_schedule(now, view.demand.load_s)[1]
+            if start_at > now:
+                return None if value is not None else Wait(for_slot=True, until=start_at)
             return free, None
         if found is None:
             return None
         if value is not None and found.worth >= value:
             return None
+        if found.load_start_at > now:
+            return None if value is not None else Wait(for_slot=True, until=found.load_start_at)
         if value is None and self.protect_popular:
             wait = self._wait_for_slot(view, model_id, found, now)
             if wait is not None:
@@ -364,9 +366,8 @@ class ModelplexPolicy:
             return None  # the newcomer is asked for as often: it earns the slot (TinyLFU)
         since = min(now, demand.waiting_since.get(model_id, now))
         if self.patience is not None:  # policy v2's fixed patience, an override
-            if not self._patient(demand, model_id, now, self.patience):
-                return None
-            return Wait(for_slot=True, until=since + self.patience * demand.load_s)
+            until = since + self.patience * demand.load_s
+            return Wait(for_slot=True, until=until) if now < until else None
         horizon = since + _SLOT_WAIT_LOADS * demand.load_s
         if now >= horizon:
             return None
@@ -381,13 +382,16 @@ class ModelplexPolicy:
         model_id: str,
         exclude: set[str],
         planned: Mapping[str, int],
+        now: float,
     ) -> tuple[ReplicaView | None, _Victim | None]:
-        """A free slot, else the cheapest victim: within the load bound if possible."""
-        for bound in (self._load_limit(view), math.inf):
-            free = self._free_target(view, exclude, bound)
+        """A free slot, else the cheapest victim: on a replica whose loader is free and within
+        the load bound if possible, then within the load bound, then anywhere."""
+        limit = self._load_limit(view)
+        for bound, turns in ((limit, 0), (limit, _ANY), (math.inf, _ANY)):
+            free = self._free_target(view, exclude, bound, turns)
             if free is not None:
                 return free, None
-            found = self._victim(view, model_id, exclude, bound, planned)
+            found = self._victim(view, model_id, exclude, bound, planned, turns, now)
             if found is not None:
                 return None, found
         return None, None
@@ -399,6 +403,8 @@ class ModelplexPolicy:
         exclude: set[str],
         bound: float,
         planned: Mapping[str, int],
+        turns: int,
+        now: float,
     ) -> _Victim | None:
         """The cheapest evictable model on the candidate replicas (spare copies first, then
         the least frequently used, then the least recently used)."""
@@ -417,6 +423,9 @@ class ModelplexPolicy:
                 continue
             if replica.in_flight > bound or model_id in replica.models:
                 continue
+            if turns != _ANY and replica.load_turns > turns:
+                continue
+            schedule, start_next = replica.load_schedule(now, demand.load_s)
             replica_idle = replica.in_flight == 0 and replica.reported_in_flight == 0
             local: tuple[int, float, str] | None = None  # this replica's cheapest model
             for name, copy in replica.models.items():
@@ -426,8 +435,7 @@ class ModelplexPolicy:
                     if cheapest_busy is None or worth < cheapest_busy:
                         cheapest_busy = worth
                     if copy.loading:
-                        started = copy.placed_at if copy.placed_at is not None else copy.last_used
-                        free_at = started + demand.load_s + demand.infer_s
+                        free_at = schedule[name] + demand.infer_s
                     else:
                         free_at = copy.last_used + demand.infer_s
                     busy.append((worth, free_at))
@@ -442,9 +450,10 @@ class ModelplexPolicy:
                 continue
             if local[0] < best_worth or (local[0] == best_worth and local[1] < best_used):
                 best_worth, best_used = local[0], local[1]
-                victim = _Victim(replica, local[2], local[0], None, busy)
+                victim = _Victim(replica, local[2], local[0], None, busy, start_next)
             if replica_idle and (idle is None or local[:2] < (idle.worth, best_idle_used)):
-                idle, best_idle_used = _Victim(replica, local[2], local[0], None, busy), local[1]
+                idle = _Victim(replica, local[2], local[0], None, busy, start_next)
+                best_idle_used = local[1]
         if victim is not None:
             victim.cheapest_busy = cheapest_busy
             victim.idle = idle
@@ -464,7 +473,7 @@ class ModelplexPolicy:
         return count
 
     def _free_target(
-        self, view: ClusterView, exclude: set[str], bound: float
+        self, view: ClusterView, exclude: set[str], bound: float, turns: int = _ANY
     ) -> ReplicaView | None:
         best: ReplicaView | None = None
         for index, replica_id in enumerate(view.free):
@@ -472,6 +481,8 @@ class ModelplexPolicy:
                 break
             replica = view.replicas[replica_id]
             if replica_id in exclude or not replica.has_room or replica.in_flight > bound:
+                continue
+            if turns != _ANY and replica.load_turns > turns:
                 continue
             key = (len(replica.models), replica.in_flight)
             if best is None or key < (len(best.models), best.in_flight):

@@ -110,6 +110,37 @@ class ReplicaView:
             return 1 << 30
         return self.capacity - len(self.models)
 
+    @property
+    def load_turns(self) -> int:
+        """Load times a new load here would wait for a loader: 0 while fewer models are
+        loading than `max_concurrent_loads` (always 0 without a limit)."""
+        limit = self.max_concurrent_loads
+        if limit is None:
+            return 0
+        loading = sum(1 for copy in self.models.values() if copy.loading)
+        return loading // limit
+
+    def load_schedule(self, now: float, load_s: float) -> tuple[dict[str, float], float]:
+        """When each loading model is expected to be loaded, and when a new load could start.
+
+        Loads start in the order they were placed, at most `max_concurrent_loads` at once,
+        and each takes `load_s`; a load this router did not place is taken to start now, and
+        one that is overdue to be done at any moment (exactly `now`: a report will say when).
+        """
+        loading = sorted(
+            (c.placed_at if c.placed_at is not None else now, c.model_id)
+            for c in self.models.values()
+            if c.loading
+        )
+        limit = self.max_concurrent_loads or len(loading) + 1
+        done: list[float] = []
+        for index, (placed, _) in enumerate(loading):
+            start = placed if index < limit else max(placed, done[index - limit])
+            end = start + load_s
+            done.append(end if end > now else now)
+        start_next = now if len(loading) < limit else done[len(loading) - limit]
+        return {model_id: t for (_, model_id), t in zip(loading, done, strict=True)}, start_next
+
     def lru_models(self) -> list[ModelCopy]:
         """Models least recently used first."""
         return sorted(self.models.values(), key=lambda c: c.last_used)

@@ -176,6 +176,9 @@ def test_one_load_at_a_time_per_replica_is_kept_and_every_request_served(
     )
     assert stats.completed == 600
     assert CountingReplica.peak_running == 1
-    assert CountingReplica.peak_loading > 1  # loads did wait for their turn, reported as loading
+    if name == "ray":  # blind to the limit: its loads queue on the replicas, shown as loading
+        assert CountingReplica.peak_loading > 1
+    else:  # modelplex knows the limit: cold requests wait in the router for a free loader
+        assert CountingReplica.peak_loading == 1
     assert stats.view is not None
     assert {replica.max_concurrent_loads for replica in stats.view} == {1}
