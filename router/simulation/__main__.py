@@ -4,9 +4,11 @@ The router's real `ClusterView` and `ModelplexPolicy` (policy "modelplex"; "affi
 policy v1, `AffinityPolicy`, on request) run against simulated replicas that keep
 `replica/_cache.py`'s rules, next to the baselines of `router.simulation.baselines`; every
 policy sees the same request sequence (same seed). It
-prints a table (loads, loads / Belady bound, hit ratio, p50/p99 latency, per-replica
-imbalance, most copies of one model, refused + timed-out requests, decisions per wall second
-inside choose + dispatch, simulated requests per wall second) and writes the same as JSON.
+prints a table (loads, loads / Belady bound, answered requests per simulated second, p50 /
+p99 / p99.9 latency end to end, the worst model's p99 and which model, p99 of the second half,
+hit ratio, per-replica imbalance, most copies of one model, refused + timed-out requests,
+decisions per wall second inside choose + dispatch, simulated requests per wall second) and
+writes the same as JSON.
 
 The acceptance checks of issue 4, one command each:
 

@@ -4,6 +4,10 @@ A `Scenario` is everything the command line describes. `run` generates the workl
 replays it through a fresh view, fresh simulated replicas and a fresh policy per policy name,
 so every policy sees the same request sequence. The sweeps re-run the scenario over cluster
 capacities (loads against the Belady curve) and offered loads (p99 latency) for the charts.
+
+The worst model's p99 needs the model of every answered request, which `RunStats` does not
+keep: `_simulate_per_model` runs the engine with a hook on its answer bookkeeping that notes
+it, in the order of `RunStats.latencies`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from router.simulation.baselines import (
     RoundRobinPolicy,
 )
 from router.simulation.belady import belady_misses
-from router.simulation.engine import EngineConfig, simulate
+from router.simulation.contract import SimRequest
+from router.simulation.engine import EngineConfig, RunStats, _Engine, simulate
 from router.simulation.report import Report, summarize
-from router.simulation.workloads import Arrival, WorkloadSpec, generate
+from router.simulation.workloads import Arrival, Workload, WorkloadSpec, generate
 
 __all__ = [
     "EXTRA_POLICIES",
@@ -96,15 +101,49 @@ def run(scenario: Scenario, *, progress: Progress = _quiet) -> Report:
         belady_loads=bound,
     )
     for name in scenario.policies:
-        stats = simulate(scenario.engine, workload, make_policy(name, scenario), name=name)
-        summary = summarize(stats, belady_loads=bound, measure_memory=scenario.measure_memory)
+        policy = make_policy(name, scenario)
+        stats, answered = _simulate_per_model(scenario.engine, workload, policy, name=name)
+        summary = summarize(
+            stats,
+            belady_loads=bound,
+            answered_models=answered,
+            measure_memory=scenario.measure_memory,
+        )
         progress(
-            f"{name}: {summary.loads} loads, p99 {summary.p99_ms:.0f} ms, "
-            f"{summary.wall_s:.1f} s wall"
+            f"{name}: {summary.loads} loads, {summary.throughput_rps:.0f} req/s, "
+            f"p99 {summary.p99_ms:.0f} ms, {summary.wall_s:.1f} s wall"
         )
         report.policies.append(summary)
     report.peak_rss_mb = _peak_rss_mb()
     return report
+
+
+class _PerModelEngine(_Engine):
+    """The engine, noting the model of each answered request as its latency is recorded."""
+
+    def __init__(self, config: EngineConfig, workload: Workload, policy: Policy, name: str):
+        super().__init__(config, workload, policy, name)
+        self.answered_models: list[str] = []
+
+    def _end(self, request: SimRequest, *args: Any, **kwargs: Any) -> None:
+        completed = self.stats.completed
+        super()._end(request, *args, **kwargs)
+        if self.stats.completed != completed:
+            self.answered_models.append(request.model_id)
+
+
+def _simulate_per_model(
+    config: EngineConfig, workload: Workload, policy: Policy, *, name: str
+) -> tuple[RunStats, list[str]]:
+    """`simulate`, plus the model of each answered request in the order of its latency."""
+    engine = _PerModelEngine(config, workload, policy, name)
+    stats = engine.run()
+    if len(engine.answered_models) != len(stats.latencies):
+        raise RuntimeError(
+            f"{len(engine.answered_models)} answered models for {len(stats.latencies)} "
+            "latencies: the engine no longer records answers in `_end`"
+        )
+    return stats, engine.answered_models
 
 
 def sweep_capacity(

@@ -33,6 +33,10 @@ def test_small_run_writes_table_and_json(
     assert modelplex["policy"] == "modelplex"
     assert modelplex["loads"] == 4
     assert modelplex["view_bytes"] > 0
+    assert report["min_model_requests"] == 20
+    assert modelplex["loads_over_belady"] == 1.0
+    assert modelplex["worst_model"] in {"m0", "m1", "m2", "m3"}
+    assert modelplex["throughput_rps"] > 0
 
 
 def test_unknown_policy_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
