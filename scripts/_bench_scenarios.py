@@ -3,7 +3,8 @@
 A `RunConfig` is one run's knobs (cluster shape, deployment timings, workload, client).
 `SCENARIOS` holds the presets of issues 3 and 4; `custom` is the flags alone. `targets` turns a
 run's summary into (name, measured, target, PASS/MISS) rows — information for a reader, not a
-test: nothing fails when a target is missed.
+test: nothing fails when a target is missed. `RAY_REFERENCE` is what Ray Serve 2.60 did on the
+same presets on this machine.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SCENARIOS", "SCENARIO_ALL", "RunConfig", "Target", "scenario_config", "targets"]
+__all__ = [
+    "OVERHEAD_REFERENCE",
+    "RAY_REFERENCE",
+    "SCENARIOS",
+    "SCENARIO_ALL",
+    "Reference",
+    "RunConfig",
+    "Target",
+    "reference_applies",
+    "scenario_config",
+    "targets",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,15 +68,53 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 SCENARIO_ALL = ("uniform-fit", "zipf1.1", "zipf0.8", "overhead")
 
-# What Ray Serve 2.60 did on the same scenario, for the table.
-RAY_REFERENCE = {
-    "uniform-fit": "Ray Serve: 623 loads",
-    "zipf1.1": "Ray Serve: 2,003 loads, 1.73 x Belady",
-    "zipf0.8": "Ray Serve: 3,565 loads, 1.28 x Belady",
-    "overhead": "nginx: ~11,500 req/s, +0.08 ms; Ray Serve proxy: ~200 req/s, +6 ms",
-}
 
-_CLUSTER_BASE = {"replicas": 4, "capacity": 3, "load_s": 0.1, "infer_s": 0.002, "concurrency": 16}
+@dataclass(frozen=True)
+class Reference:
+    """What another system did on a preset's settings, for the table; None: not measured."""
+
+    who: str
+    loads: int | None = None
+    loads_over_belady: float | None = None
+    throughput_rps: float | None = None
+    p99_ms: float | None = None
+
+
+# Ray Serve 2.60 on this machine, 4 replicas x 3 slots, load 100 ms, inference 2 ms, c=16; the
+# Zipf presets with 4,000 requests and seed 1.
+RAY_REFERENCE: dict[str, Reference] = {
+    "uniform-fit": Reference("Ray Serve 2.60", loads=623),
+    "zipf1.1": Reference(
+        "Ray Serve 2.60", loads=2003, loads_over_belady=1.73, throughput_rps=76, p99_ms=673
+    ),
+    "zipf0.8": Reference(
+        "Ray Serve 2.60", loads=3565, loads_over_belady=1.28, throughput_rps=44, p99_ms=758
+    ),
+}
+OVERHEAD_REFERENCE = "nginx: ~11,500 req/s, +0.08 ms; Ray Serve proxy: ~200 req/s, +6 ms"
+
+_CLUSTER_BASE = {
+    "replicas": 4,
+    "capacity": 3,
+    "load_s": 0.1,
+    "infer_s": 0.002,
+    "concurrency": 16,
+    "seed": 1,  # the seed of the Ray Serve reference runs
+}
+# What a run must share with its preset for the preset's reference figures to compare.
+_WORKLOAD_FIELDS = (
+    "replicas",
+    "capacity",
+    "max_ongoing",
+    "load_s",
+    "infer_s",
+    "models",
+    "popularity",
+    "zipf_s",
+    "requests",
+    "concurrency",
+    "seed",
+)
 
 
 def scenario_config(name: str, overrides: dict[str, Any]) -> RunConfig:
@@ -73,6 +123,14 @@ def scenario_config(name: str, overrides: dict[str, Any]) -> RunConfig:
     if name not in ("custom", "overhead"):
         preset = _CLUSTER_BASE | preset
     return dataclasses.replace(RunConfig(scenario=name), **(preset | overrides))
+
+
+def reference_applies(config: RunConfig) -> bool:
+    """Whether `config` has reference figures and runs the workload they were measured on."""
+    if config.scenario not in RAY_REFERENCE:
+        return False
+    preset = scenario_config(config.scenario, {})
+    return all(getattr(config, f) == getattr(preset, f) for f in _WORKLOAD_FIELDS)
 
 
 @dataclass(frozen=True)

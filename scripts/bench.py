@@ -67,7 +67,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--zipf-s", float, "Zipf exponent (1.1)"),
         ("--requests", int, "requests in the sequence (3000)"),
         ("--concurrency", int, "client connections, closed loop (16)"),
-        ("--seed", int, "workload seed (0)"),
+        ("--seed", int, "workload seed (0; 1 for the workload presets)"),
         ("--duration-s", float, "overhead: measured seconds per phase (5)"),
         ("--warmup-s", float, "overhead: warm-up seconds per phase (1)"),
         ("--patience", float, "router.popular_model_patience, in load times (the default)"),

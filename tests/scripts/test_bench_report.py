@@ -1,0 +1,97 @@
+"""The bench's summaries, tables and targets, on hand-made load-generator records (no cluster)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from _bench_report import format_workload, summarize_workload
+from _bench_scenarios import (
+    reference_applies,
+    scenario_config,
+    targets,
+)
+
+from router.simulation.tails import MIN_MODEL_REQUESTS
+
+
+def _raw(latencies_ms: list[float], *, status: list[int] | None = None) -> dict[str, Any]:
+    n = len(latencies_ms)
+    return {
+        "elapsed_s": 2.0,
+        "start_us": [1000 * i for i in range(n)],
+        "latency_us": [int(1000 * ms) for ms in latencies_ms],
+        "status": status or [200] * n,
+        "replica": ["replica-1"] * n,
+        "cold": [1] + [0] * (n - 1),
+        "cpu_util": {},
+    }
+
+
+def _summary(scenario: str = "custom", **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    config = scenario_config(scenario, {"replicas": 1, "capacity": 2} | overrides)
+    sequence = ["m1"] * 30 + ["m2"] * 30 + ["m3"] * 5
+    latencies = [5.0] * 30 + [5.0] * 27 + [400.0] * 3 + [900.0] * 5  # m3: too few to count
+    return config, summarize_workload(config, sequence, _raw(latencies), {"replica-1": 4})
+
+
+def test_workload_summary_carries_the_three_axes() -> None:
+    _, summary = _summary()
+    assert summary["loads"] == 4
+    assert summary["belady_loads"] == 3
+    assert summary["loads_over_belady"] == pytest.approx(4 / 3)
+    assert summary["throughput_rps"] == 65 / 2.0  # answered with 2xx per wall second
+    assert summary["p50_ms"] == 5.0
+    assert summary["p99_ms"] == 900.0
+    assert summary["p999_ms"] == 900.0
+    assert summary["worst_model"] == "m2"  # m3 is slower but has under MIN_MODEL_REQUESTS
+    assert summary["worst_model_p99_ms"] == 400.0
+    assert summary["worst_model_requests"] == 30
+    assert summary["min_model_requests"] == MIN_MODEL_REQUESTS
+    assert summary["latency_ms"]["p999"] == 900.0
+
+
+def test_throughput_counts_only_successful_answers() -> None:
+    config = scenario_config("custom", {"replicas": 1, "capacity": 1})
+    raw = _raw([1.0] * 4, status=[200, 503, 200, 0])
+    summary = summarize_workload(config, ["m1"] * 4, raw, {"replica-1": 1})
+    assert summary["answered"] == 3
+    assert summary["succeeded"] == 2
+    assert summary["throughput_rps"] == 1.0
+    assert summary["worst_model"] is None  # 3 answers: under the threshold
+
+
+def test_the_ray_row_is_printed_above_the_measured_row() -> None:
+    config, summary = _summary("zipf1.1")
+    text = format_workload(config, summary, targets(config, summary))
+    lines = text.splitlines()
+    header = lines[1]
+    for column in ("req/s", "p50 ms", "p99 ms", "p99.9 ms", "worst p99 ms", "loads", "x Belady"):
+        assert column in header, column
+    ray = next(i for i, line in enumerate(lines) if "Ray Serve 2.60" in line)
+    measured = next(i for i, line in enumerate(lines) if line.strip().startswith("modelplex"))
+    assert ray < measured
+    assert "673" in lines[ray]
+    assert "1.73" in lines[ray]
+    assert "(m2)" in lines[measured]
+    assert f">= {MIN_MODEL_REQUESTS} answered requests" in text
+    assert "* measured with the preset's settings" in text  # replicas=1 is not the preset
+
+
+def test_the_reference_applies_to_the_preset_only() -> None:
+    assert reference_applies(scenario_config("zipf1.1", {}))
+    assert reference_applies(scenario_config("zipf1.1", {"patience": 3.0}))
+    assert not reference_applies(scenario_config("zipf1.1", {"seed": 0}))
+    assert not reference_applies(scenario_config("custom", {}))
+
+
+def test_presets_default_to_seed_1_and_a_flag_wins() -> None:
+    for name in ("uniform-fit", "zipf1.1", "zipf0.8"):
+        assert scenario_config(name, {}).seed == 1
+        assert scenario_config(name, {"seed": 7}).seed == 7
+    assert scenario_config("custom", {}).seed == 0
