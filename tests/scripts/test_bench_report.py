@@ -12,6 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from _bench_report import format_workload, summarize_workload
 from _bench_scenarios import (
+    RAY_REFERENCE,
+    SCENARIO_ALL,
+    Goal,
+    Target,
     reference_applies,
     scenario_config,
     targets,
@@ -91,7 +95,52 @@ def test_the_reference_applies_to_the_preset_only() -> None:
 
 
 def test_presets_default_to_seed_1_and_a_flag_wins() -> None:
-    for name in ("uniform-fit", "zipf1.1", "zipf0.8"):
+    for name in ("uniform-fit", "zipf1.1", "zipf0.8", "hot-model"):
         assert scenario_config(name, {}).seed == 1
         assert scenario_config(name, {"seed": 7}).seed == 7
     assert scenario_config("custom", {}).seed == 0
+
+
+def test_hot_model_scenario() -> None:
+    config = scenario_config("hot-model", {})
+    assert "hot-model" in SCENARIO_ALL
+    assert (config.models, config.concurrency, config.replicas) == (1, 32, 4)
+    found = {t.name: t for t in targets(config, {"loads": 4, "p99_ms": 119.0})}
+    assert found["model loads"].verdict == "PASS"
+    assert found["p99"].verdict == "PASS"
+    found = {t.name: t for t in targets(config, {"loads": 5, "p99_ms": 121.0})}
+    assert found["model loads"].verdict == "MISS"
+    assert found["p99"].verdict == "MISS"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "throughput", "p99"), [("zipf1.1", 152.0, 336.0), ("zipf0.8", 88.0, 379.0)]
+)
+def test_zipf_targets_judge_all_three_axes(scenario: str, throughput: float, p99: float) -> None:
+    config = scenario_config(scenario, {})
+    summary = {"loads_over_belady": 1.2, "throughput_rps": throughput, "p99_ms": p99}
+    found = targets(config, summary)
+    assert [t.as_dict()["target"] for t in found] == [
+        "<= 1.2",
+        f">= {throughput:g} req/s",
+        f"<= {p99:g} ms",
+    ]
+    assert all(t.verdict == "PASS" for t in found)
+    worse = {"loads_over_belady": 1.21, "throughput_rps": throughput - 1, "p99_ms": p99 + 1}
+    assert all(t.verdict == "MISS" for t in targets(config, worse))
+    reference = RAY_REFERENCE[scenario]
+    assert (throughput, p99) == (2 * (reference.throughput_rps or 0), (reference.p99_ms or 0) // 2)
+
+
+def test_uniform_fit_wants_exactly_one_load_per_model() -> None:
+    config = scenario_config("uniform-fit", {})
+    exact = targets(config, {"loads": 12, "p99_after_warmup_ms": 19.9})
+    assert [t.verdict for t in exact] == ["PASS", "PASS"]
+    assert exact[0].as_dict()["target"] == "== 12"
+    over = targets(config, {"loads": 13, "p99_after_warmup_ms": 20.0})
+    assert [t.verdict for t in over] == ["MISS", "MISS"]
+
+
+def test_a_missing_figure_has_no_verdict() -> None:
+    assert Target("p99", float("nan"), 1.0, Goal.AT_MOST).verdict == "n/a"
+    assert Target("p99", None, 1.0, Goal.AT_MOST).verdict == "n/a"
