@@ -3,7 +3,8 @@
 A `Scenario` is everything the command line describes. `run` generates the workload once and
 replays it through a fresh view, fresh simulated replicas and a fresh policy per policy name,
 so every policy sees the same request sequence. The sweeps re-run the scenario over cluster
-capacities (loads against the Belady curve) and offered loads (p99 latency) for the charts.
+capacities (loads against the Belady curve), offered loads (p99 latency) and the modelplex
+policy's patience (the loads-versus-p99 frontier, beside its default and Ray's) for the charts.
 
 The worst model's p99 needs the model of every answered request, which `RunStats` does not
 keep: `_simulate_per_model` runs the engine with a hook on its answer bookkeeping that notes
@@ -30,7 +31,8 @@ from router.simulation.baselines import (
 from router.simulation.belady import belady_misses
 from router.simulation.contract import SimRequest
 from router.simulation.engine import EngineConfig, RunStats, _Engine, simulate
-from router.simulation.report import Report, summarize
+from router.simulation.frontier import PATIENCE_SWEEP, Frontier, FrontierPoint
+from router.simulation.report import PolicySummary, Report, summarize
 from router.simulation.workloads import Arrival, Workload, WorkloadSpec, generate
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "run",
     "sweep_capacity",
     "sweep_load",
+    "sweep_patience",
 ]
 
 POLICY_NAMES: tuple[str, ...] = ("modelplex", "ray", "random", "round_robin", "consistent_hash")
@@ -194,6 +197,52 @@ def sweep_load(
         progress(f"offered {offered[-1]:g}: " + _pairs(p99))
     axis = "concurrency (closed loop)" if closed else "arrival rate (requests/s)"
     return {"offered": offered, "axis": axis, "p99_ms": p99}
+
+
+def sweep_patience(
+    scenario: Scenario,
+    patiences: Sequence[float] = PATIENCE_SWEEP,
+    *,
+    known: Sequence[PolicySummary] = (),
+    progress: Progress = _quiet,
+) -> Frontier:
+    """The modelplex policy at each patience (load times), with its default settings, and the
+    Ray baseline, on the scenario's workload. Rows of `known` (from `run` on the same
+    scenario) named "modelplex" or "ray" are reused for the default and Ray's points."""
+    workload = generate(scenario.workload)
+    bound = belady_misses(workload.model_ids, scenario.engine.replicas * scenario.engine.capacity)
+    rows = {summary.policy: summary for summary in known}
+
+    def measure(name: str, policy: Policy) -> PolicySummary:
+        stats, answered = _simulate_per_model(scenario.engine, workload, policy, name=name)
+        return summarize(stats, belady_loads=bound, answered_models=answered)
+
+    frontier = Frontier()
+    for patience in patiences:
+        policy = ModelplexPolicy(seed=scenario.engine.seed, patience=patience)
+        point = _point("patience sweep", measure("modelplex", policy), patience)
+        frontier.sweep.append(point)
+        progress(
+            f"patience {patience:g}: {point.loads} loads, p99 {point.p99_ms:.0f} ms, "
+            f"{point.throughput_rps:.0f} req/s"
+        )
+    default = rows.get("modelplex") or measure("modelplex", make_policy("modelplex", scenario))
+    frontier.default = _point("default", default, None)
+    ray = rows.get("ray") or measure("ray", make_policy("ray", scenario))
+    frontier.ray = _point("ray (simulated)", ray, None)
+    return frontier
+
+
+def _point(label: str, summary: PolicySummary, patience: float | None) -> FrontierPoint:
+    return FrontierPoint(
+        label=label,
+        loads=summary.loads,
+        loads_over_belady=summary.loads_over_belady,
+        throughput_rps=summary.throughput_rps,
+        p99_ms=summary.p99_ms,
+        worst_model_p99_ms=summary.worst_model_p99_ms,
+        patience=patience,
+    )
 
 
 def _pairs(series: dict[str, list[int]] | dict[str, list[float]]) -> str:
