@@ -25,12 +25,15 @@ from _bench_scenarios import (
 )
 
 from router.simulation.belady import belady_misses
+from router.simulation.frontier import FrontierPoint
 from router.simulation.tails import MIN_MODEL_REQUESTS, percentile, tails
 
 __all__ = [
     "format_overhead",
     "format_summary",
     "format_workload",
+    "frontier_point",
+    "reference_point",
     "summarize_overhead",
     "summarize_workload",
 ]
@@ -104,6 +107,38 @@ def summarize_workload(
         "errors_by_status": _errors(status),
         "cpu_util": raw.get("cpu_util", {}),
     }
+
+
+def frontier_point(label: str, summary: dict[str, Any], patience: float | None) -> FrontierPoint:
+    """A workload run's place on the loads-versus-p99 frontier."""
+    return FrontierPoint(
+        label=label,
+        loads=summary["loads"],
+        loads_over_belady=_finite_or_none(summary["loads_over_belady"]),
+        throughput_rps=summary["throughput_rps"],
+        p99_ms=_finite_or_none(summary["p99_ms"]),
+        worst_model_p99_ms=summary["worst_model_p99_ms"],
+        patience=patience,
+    )
+
+
+def reference_point(config: RunConfig) -> FrontierPoint | None:
+    """Ray Serve's figures for the scenario as a frontier point, if it has them."""
+    reference = RAY_REFERENCE.get(config.scenario)
+    if reference is None:
+        return None
+    suffix = " (reference)" if reference_applies(config) else " (preset's settings)"
+    return FrontierPoint(
+        label=reference.who + suffix,
+        loads=reference.loads,
+        loads_over_belady=reference.loads_over_belady,
+        throughput_rps=reference.throughput_rps,
+        p99_ms=reference.p99_ms,
+    )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _errors(status: Sequence[int] | dict[str, int]) -> dict[str, int]:

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from _bench_report import format_workload, summarize_workload
+from _bench_report import format_workload, frontier_point, reference_point, summarize_workload
 from _bench_scenarios import (
     RAY_REFERENCE,
     SCENARIO_ALL,
@@ -144,3 +144,28 @@ def test_uniform_fit_wants_exactly_one_load_per_model() -> None:
 def test_a_missing_figure_has_no_verdict() -> None:
     assert Target("p99", float("nan"), 1.0, Goal.AT_MOST).verdict == "n/a"
     assert Target("p99", None, 1.0, Goal.AT_MOST).verdict == "n/a"
+
+
+def test_a_run_and_the_reference_become_frontier_points() -> None:
+    _, summary = _summary()
+    point = frontier_point("patience sweep", summary, 2.0)
+    assert (point.loads, point.patience) == (4, 2.0)
+    assert point.loads_over_belady == summary["loads_over_belady"]
+    assert (point.p99_ms, point.throughput_rps) == (900.0, summary["throughput_rps"])
+    assert point.worst_model_p99_ms == 400.0
+    ray = reference_point(scenario_config("zipf0.8", {}))
+    assert ray is not None
+    assert ray.label == "Ray Serve 2.60 (reference)"
+    assert (ray.loads_over_belady, ray.p99_ms, ray.throughput_rps) == (1.28, 758, 44)
+    elsewhere = reference_point(scenario_config("zipf0.8", {"requests": 100}))
+    assert elsewhere is not None
+    assert elsewhere.label.endswith("(preset's settings)")
+    assert reference_point(scenario_config("custom", {})) is None
+    assert reference_point(scenario_config("hot-model", {})) is None
+
+
+def test_a_run_without_a_belady_ratio_is_not_drawn() -> None:
+    _, summary = _summary()
+    point = frontier_point("default", summary | {"loads_over_belady": float("nan")}, None)
+    assert point.loads_over_belady is None
+    assert not point.drawable
