@@ -212,7 +212,7 @@ def _axes_row(
     loads: int | None,
     loads_over_belady: float | None,
 ) -> str:
-    named = "-" if worst_model is None else f"({worst_model})"
+    named = "" if worst_model is None else f"({worst_model})"
     return (
         f"  {label:<24}{_fmt(throughput_rps):>8}{_fmt(p50_ms):>9}{_fmt(p99_ms):>9}"
         f"{_fmt(p999_ms):>10}{_fmt(worst_ms):>13} {named:<10}{_fmt(loads):>7}"

@@ -91,10 +91,10 @@ class Reference:
 RAY_REFERENCE: dict[str, Reference] = {
     "uniform-fit": Reference("Ray Serve 2.60", loads=623),
     "zipf1.1": Reference(
-        "Ray Serve 2.60", loads=2003, loads_over_belady=1.73, throughput_rps=76, p99_ms=673
+        "Ray Serve 2.60", loads=2003, loads_over_belady=1.73, throughput_rps=76.0, p99_ms=673.0
     ),
     "zipf0.8": Reference(
-        "Ray Serve 2.60", loads=3565, loads_over_belady=1.28, throughput_rps=44, p99_ms=758
+        "Ray Serve 2.60", loads=3565, loads_over_belady=1.28, throughput_rps=44.0, p99_ms=758.0
     ),
 }
 OVERHEAD_REFERENCE = "nginx: ~11,500 req/s, +0.08 ms; Ray Serve proxy: ~200 req/s, +6 ms"
