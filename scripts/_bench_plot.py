@@ -1,19 +1,30 @@
 """The benchmark's pictures (`--plot DIR`): a latency CDF per scenario and, for workload runs,
-model loads over time (cumulative cold answers against the request index). matplotlib is
-optional (`pip install -e '.[plot]'`); without it `plot_runs` says so and draws nothing.
+model loads over time (cumulative cold answers against the request index) and, after
+`--frontier`, the loads-versus-p99 frontier (drawn by the simulator's
+`router.simulation.plots.write_frontier`). matplotlib is optional (`pip install -e '.[plot]'`);
+without it `plot_runs` says so and draws nothing.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from router.simulation.frontier import Frontier
 
 __all__ = ["plot_runs"]
 
 
-def plot_runs(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
-    """Write the PNGs for `runs` (each with its `scenario` and `raw` records) into `directory`."""
+def plot_runs(
+    runs: list[dict[str, Any]],
+    directory: Path,
+    *,
+    frontiers: Mapping[str, Frontier] | None = None,
+) -> list[Path]:
+    """Write the PNGs for `runs` (each with its `scenario` and `raw` records) into `directory`,
+    and one per frontier of `frontiers` (by scenario)."""
     try:
         import matplotlib
 
@@ -58,6 +69,14 @@ def plot_runs(runs: list[dict[str, Any]], directory: Path) -> list[Path]:
         axes.legend(loc="upper left", fontsize="small")
         written.append(_save(figure, directory / f"{name}-loads.png"))
         plt.close(figure)
+    if frontiers:
+        from router.simulation.plots import write_frontier
+
+        for name, frontier in frontiers.items():
+            title = f"{name}: model loads vs p99 (live cluster)"
+            written.append(
+                write_frontier(directory / f"{name}-frontier.png", frontier, title=title)
+            )
     return written
 
 

@@ -1,9 +1,11 @@
 """The benchmark's numbers: summaries of raw load-generator records, and the printed tables.
 
 `summarize_workload` turns one sequence run (per-request start, latency, status, replica, cold
-flag, plus the replicas' load counters) into the reported figures, including the Belady bound
-of the sequence; `summarize_overhead` does the same for the side-by-side overhead phases.
-The `format_*` functions render them for a terminal.
+flag, plus the replicas' load counters) into the reported figures: the three axes a placement
+is judged on — model loads against the Belady bound of the sequence, throughput, and the
+latency tail (p50, p99, p99.9 and the worst model's p99, from `router.simulation.tails`, the
+simulator's definitions) — and the rest. `summarize_overhead` does the same for the
+side-by-side overhead phases. The `format_*` functions render them for a terminal.
 """
 
 from __future__ import annotations
@@ -13,19 +15,28 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from _bench_scenarios import RAY_REFERENCE, RunConfig, Target
+from _bench_scenarios import (
+    OVERHEAD_REFERENCE,
+    RAY_REFERENCE,
+    Reference,
+    RunConfig,
+    Target,
+    reference_applies,
+)
 
 from router.simulation.belady import belady_misses
+from router.simulation.frontier import FrontierPoint
+from router.simulation.tails import MIN_MODEL_REQUESTS, percentile, tails
 
-__all__ = ["format_overhead", "format_summary", "format_workload", "summarize_overhead"]
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values; NaN when there are none."""
-    if not sorted_values:
-        return math.nan
-    rank = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return float(sorted_values[rank])
+__all__ = [
+    "format_overhead",
+    "format_summary",
+    "format_workload",
+    "frontier_point",
+    "reference_point",
+    "summarize_overhead",
+    "summarize_workload",
+]
 
 
 def _latency_block(latencies_ms: list[float]) -> dict[str, float]:
@@ -34,6 +45,7 @@ def _latency_block(latencies_ms: list[float]) -> dict[str, float]:
         "p50": percentile(ordered, 0.50),
         "p90": percentile(ordered, 0.90),
         "p99": percentile(ordered, 0.99),
+        "p999": percentile(ordered, 0.999),
         "max": ordered[-1] if ordered else math.nan,
     }
 
@@ -41,12 +53,18 @@ def _latency_block(latencies_ms: list[float]) -> dict[str, float]:
 def summarize_workload(
     config: RunConfig, sequence: list[str], raw: dict[str, Any], loads: dict[str, int]
 ) -> dict[str, Any]:
-    """The reported figures of one workload run."""
+    """The reported figures of one workload run.
+
+    Throughput counts the requests answered with success (2xx) per wall second of the run;
+    the latencies are those of every answered request (an error answer's too), from the
+    request written to the last byte of its answer, queueing in the router included.
+    """
     start_ms = [us / 1000 for us in raw["start_us"]]
     latency_ms = [us / 1000 for us in raw["latency_us"]]
     end_ms = [s + lat for s, lat in zip(start_ms, latency_ms, strict=True)]
     status, cold = raw["status"], raw["cold"]
     answered = [i for i, code in enumerate(status) if code != 0]
+    succeeded = sum(1 for i in answered if 200 <= status[i] < 300)
     first_served: dict[str, float] = {}
     for i in answered:
         model = sequence[i]
@@ -58,11 +76,23 @@ def summarize_workload(
     total_loads = sum(loads.values())
     belady = belady_misses(sequence, config.replicas * config.capacity)
     elapsed_s = max(raw["elapsed_s"], 1e-9)
+    answered_ms = [latency_ms[i] for i in answered]
+    tail = tails(answered_ms, [sequence[i] for i in answered])
+    worst = tail.worst_model
     return {
         "requests": len(sequence),
+        "answered": len(answered),
+        "succeeded": succeeded,
         "elapsed_s": elapsed_s,
-        "throughput_rps": len(sequence) / elapsed_s,
-        "latency_ms": _latency_block([latency_ms[i] for i in answered]),
+        "throughput_rps": succeeded / elapsed_s,
+        "p50_ms": tail.p50,
+        "p99_ms": tail.p99,
+        "p999_ms": tail.p999,
+        "worst_model_p99_ms": None if worst is None else worst.p99,
+        "worst_model": None if worst is None else worst.model,
+        "worst_model_requests": 0 if worst is None else worst.requests,
+        "min_model_requests": tail.min_model_requests,
+        "latency_ms": _latency_block(answered_ms),
         "p99_after_warmup_ms": percentile(sorted(after_warm), 0.99),
         "requests_after_warmup": len(after_warm),
         "p99_after_last_load_ms": percentile(sorted(after_last), 0.99),
@@ -77,6 +107,38 @@ def summarize_workload(
         "errors_by_status": _errors(status),
         "cpu_util": raw.get("cpu_util", {}),
     }
+
+
+def frontier_point(label: str, summary: dict[str, Any], patience: float | None) -> FrontierPoint:
+    """A workload run's place on the loads-versus-p99 frontier."""
+    return FrontierPoint(
+        label=label,
+        loads=summary["loads"],
+        loads_over_belady=_finite_or_none(summary["loads_over_belady"]),
+        throughput_rps=summary["throughput_rps"],
+        p99_ms=_finite_or_none(summary["p99_ms"]),
+        worst_model_p99_ms=summary["worst_model_p99_ms"],
+        patience=patience,
+    )
+
+
+def reference_point(config: RunConfig) -> FrontierPoint | None:
+    """Ray Serve's figures for the scenario as a frontier point, if it has them."""
+    reference = RAY_REFERENCE.get(config.scenario)
+    if reference is None:
+        return None
+    suffix = " (reference)" if reference_applies(config) else " (preset's settings)"
+    return FrontierPoint(
+        label=reference.who + suffix,
+        loads=reference.loads,
+        loads_over_belady=reference.loads_over_belady,
+        throughput_rps=reference.throughput_rps,
+        p99_ms=reference.p99_ms,
+    )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _errors(status: Sequence[int] | dict[str, int]) -> dict[str, int]:
@@ -131,6 +193,48 @@ def _target_lines(found: list[Target]) -> list[str]:
     ]
 
 
+def _axes_header() -> str:
+    return (
+        f"  {'':<24}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+        f"{'worst p99 ms':>13} {'(model)':<10}{'loads':>7}{'x Belady':>9}"
+    )
+
+
+def _axes_row(
+    label: str,
+    *,
+    throughput_rps: float | None,
+    p50_ms: float | None,
+    p99_ms: float | None,
+    p999_ms: float | None,
+    worst_ms: float | None,
+    worst_model: str | None,
+    loads: int | None,
+    loads_over_belady: float | None,
+) -> str:
+    named = "" if worst_model is None else f"({worst_model})"
+    return (
+        f"  {label:<24}{_fmt(throughput_rps):>8}{_fmt(p50_ms):>9}{_fmt(p99_ms):>9}"
+        f"{_fmt(p999_ms):>10}{_fmt(worst_ms):>13} {named:<10}{_fmt(loads):>7}"
+        f"{_fmt(loads_over_belady, 2):>9}"
+    )
+
+
+def _reference_row(reference: Reference, *, applies: bool) -> str:
+    label = f"{reference.who}{'' if applies else ' *'}"
+    return _axes_row(
+        label,
+        throughput_rps=reference.throughput_rps,
+        p50_ms=None,
+        p99_ms=reference.p99_ms,
+        p999_ms=None,
+        worst_ms=None,
+        worst_model=None,
+        loads=reference.loads,
+        loads_over_belady=reference.loads_over_belady,
+    )
+
+
 def format_workload(config: RunConfig, summary: dict[str, Any], found: list[Target]) -> str:
     lat = summary["latency_ms"]
     shape = (
@@ -140,26 +244,50 @@ def format_workload(config: RunConfig, summary: dict[str, Any], found: list[Targ
         f"infer {config.infer_s * 1000:g} ms, c={config.concurrency}, seed {config.seed}"
     )
     per_replica = ", ".join(f"{k}={v}" for k, v in summary["requests_per_replica"].items())
-    lines = [
-        f"== {config.scenario}: {shape}",
+    lines = [f"== {config.scenario}: {shape}", _axes_header()]
+    reference = RAY_REFERENCE.get(config.scenario)
+    applies = reference_applies(config)
+    if reference is not None:
+        lines.append(_reference_row(reference, applies=applies))
+    lines.append(
+        _axes_row(
+            "modelplex",
+            throughput_rps=summary["throughput_rps"],
+            p50_ms=summary["p50_ms"],
+            p99_ms=summary["p99_ms"],
+            p999_ms=summary["p999_ms"],
+            worst_ms=summary["worst_model_p99_ms"],
+            worst_model=summary["worst_model"],
+            loads=summary["loads"],
+            loads_over_belady=summary["loads_over_belady"],
+        )
+    )
+    lines.append(
+        "  req/s: answered with 2xx per wall second; latencies end to end, router queueing "
+        "included; worst p99:"
+    )
+    lines.append(
+        "  the largest per-model p99 among models with "
+        f">= {summary.get('min_model_requests', MIN_MODEL_REQUESTS)} answered requests"
+    )
+    if reference is not None and not applies:
+        lines.append("  * measured with the preset's settings, which this run changed")
+    lines += [
         f"  throughput            {_fmt(summary['throughput_rps'])} req/s "
-        f"({summary['requests']} in {summary['elapsed_s']:.2f} s)",
-        f"  latency ms            p50 {_fmt(lat['p50'], 2)}  p90 {_fmt(lat['p90'], 2)}  "
-        f"p99 {_fmt(lat['p99'], 2)}  max {_fmt(lat['max'], 2)}",
+        f"({summary['succeeded']} of {summary['requests']} answered with 2xx in "
+        f"{summary['elapsed_s']:.2f} s)",
+        f"  latency ms            p90 {_fmt(lat['p90'], 2)}  max {_fmt(lat['max'], 2)}",
         f"  p99 after warm-up     {_fmt(summary['p99_after_warmup_ms'], 2)} ms "
         f"({summary['requests_after_warmup']} requests sent after every model was served once)",
         f"  p99 after last load   {_fmt(summary['p99_after_last_load_ms'], 2)} ms "
         f"({summary['requests_after_last_load']} requests)",
         f"  model loads           {summary['loads']} (cold answers {summary['cold_answers']}, "
         f"distinct models {summary['distinct_models']})",
-        f"  Belady bound          {summary['belady_loads']} loads; loads / Belady "
-        f"{_fmt(summary['loads_over_belady'], 2)}",
+        f"  Belady bound          {summary['belady_loads']} loads",
         f"  requests per replica  {per_replica}",
         f"  errors by status      {summary['errors_by_status'] or 'none'}",
         f"  cpu (cores)           {_cpu(summary['cpu_util'])}",
     ]
-    if config.scenario in RAY_REFERENCE:
-        lines.append(f"  reference             {RAY_REFERENCE[config.scenario]}")
     return "\n".join(lines + _target_lines(found))
 
 
@@ -186,7 +314,7 @@ def format_overhead(config: RunConfig, summary: dict[str, Any], found: list[Targ
         f"  router / nginx req/s  {_fmt(summary['router_over_nginx_rps'], 2)}  "
         f"(router / direct {_fmt(summary['router_over_direct_rps'], 2)}; client ceiling "
         f"{_fmt(summary['client_ceiling_rps'], 0)} req/s against nginx `return 200`)",
-        f"  reference             {RAY_REFERENCE['overhead']}",
+        f"  reference             {OVERHEAD_REFERENCE}",
     ]
     return "\n".join(lines + _target_lines(found))
 

@@ -8,6 +8,11 @@ seed gives the same sequence as `scripts/simulate`) and compare the loads the re
 with the Belady bound of that sequence. The overhead scenario measures the router against a
 direct connection to the replica and, with `--nginx`, against nginx as a reverse proxy.
 
+With `--frontier`, each workload scenario is run again at every popular_model_patience of the
+sweep (0, 0.5, 1, 2, 3, 5, 10 load times; a live run each, ~30 s): the table of loads / Belady
+against p99 and throughput, beside the default run and Ray Serve's reference, is printed and
+written to the JSON, and `--plot DIR` draws it.
+
 This is a benchmark, not a test: targets print PASS or MISS, and the exit status is 0 either way.
 """
 
@@ -35,6 +40,8 @@ from _bench_report import (
     format_overhead,
     format_summary,
     format_workload,
+    frontier_point,
+    reference_point,
     summarize_overhead,
     summarize_workload,
 )
@@ -46,6 +53,7 @@ from _bench_scenarios import (
     targets,
 )
 
+from router.simulation.frontier import PATIENCE_SWEEP, Frontier
 from router.simulation.workloads import Popularity, WorkloadSpec, generate
 
 _HEADER = "serve_multiplexed_model_id"
@@ -67,7 +75,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--zipf-s", float, "Zipf exponent (1.1)"),
         ("--requests", int, "requests in the sequence (3000)"),
         ("--concurrency", int, "client connections, closed loop (16)"),
-        ("--seed", int, "workload seed (0)"),
+        ("--seed", int, "workload seed (0; 1 for the workload presets)"),
         ("--duration-s", float, "overhead: measured seconds per phase (5)"),
         ("--warmup-s", float, "overhead: warm-up seconds per phase (1)"),
         ("--patience", float, "router.popular_model_patience, in load times (the default)"),
@@ -79,6 +87,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nginx", action="store_true", help="overhead: compare with nginx")
     parser.add_argument("--json", type=Path, help="bench-results/bench-<timestamp>.json")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNGs here")
+    parser.add_argument(
+        "--frontier",
+        action="store_true",
+        help="workload scenarios: also run the patience sweep (7 more runs, ~30 s each) and\n"
+        "report loads / Belady against p99; drawn with --plot",
+    )
     return parser.parse_args(argv)
 
 
@@ -129,6 +143,22 @@ def run_workload(config: RunConfig) -> dict[str, Any]:
     summary = summarize_workload(config, sequence, raw, loads)
     summary["router_counters"] = router_counters
     return {"summary": summary, "raw": raw}
+
+
+def run_frontier(config: RunConfig, measured: dict[str, Any]) -> Frontier:
+    """The patience sweep on `config`'s workload, the default point (`measured`, the run just
+    made, unless it set a patience) and Ray Serve's reference point."""
+    frontier = Frontier()
+    for patience in PATIENCE_SWEEP:
+        print(f"bench: {config.scenario}, patience {patience:g} ...", file=sys.stderr, flush=True)
+        summary = run_workload(dataclasses.replace(config, patience=patience))["summary"]
+        frontier.sweep.append(frontier_point("patience sweep", summary, patience))
+    if config.patience is not None:
+        print(f"bench: {config.scenario}, default patience ...", file=sys.stderr, flush=True)
+        measured = run_workload(dataclasses.replace(config, patience=None))["summary"]
+    frontier.default = frontier_point("default", measured, None)
+    frontier.ray = reference_point(config)
+    return frontier
 
 
 def run_overhead(config: RunConfig, *, nginx: bool) -> dict[str, Any]:
@@ -183,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(SCENARIO_ALL) if args.scenario == "all" else [args.scenario]
     overrides = _overrides(args)
     runs: list[dict[str, Any]] = []
+    frontiers: dict[str, Frontier] = {}
     for name in names:
         config = scenario_config(name, overrides)
         load_before = os.getloadavg()[0]
@@ -200,17 +231,20 @@ def main(argv: list[str] | None = None) -> int:
         found = targets(config, result["summary"])
         fmt = format_overhead if config.kind == "overhead" else format_workload
         print(fmt(config, result["summary"], found) + "\n", flush=True)
-        runs.append(
-            {
-                "scenario": name,
-                "kind": config.kind,
-                "config": dataclasses.asdict(config),
-                "summary": result["summary"],
-                "targets": [t.as_dict() for t in found],
-                "load_average_before": load_before,
-                "raw": result["raw"],
-            }
-        )
+        run: dict[str, Any] = {
+            "scenario": name,
+            "kind": config.kind,
+            "config": dataclasses.asdict(config),
+            "summary": result["summary"],
+            "targets": [t.as_dict() for t in found],
+            "load_average_before": load_before,
+            "raw": result["raw"],
+        }
+        if args.frontier and config.kind == "workload":
+            frontiers[name] = run_frontier(config, result["summary"])
+            print(f"== {name}: {frontiers[name].table()}\n", flush=True)
+            run["frontier"] = frontiers[name].to_dict()
+        runs.append(run)
     if len(runs) > 1:
         print(format_summary(runs) + "\n")
     path = args.json or _default_json()
@@ -226,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from _bench_plot import plot_runs
 
-        for png in plot_runs(runs, args.plot):
+        for png in plot_runs(runs, args.plot, frontiers=frontiers):
             print(f"bench: plot written to {png}")
     return 0
 

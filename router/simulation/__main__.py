@@ -4,9 +4,11 @@ The router's real `ClusterView` and `ModelplexPolicy` (policy "modelplex"; "affi
 policy v1, `AffinityPolicy`, on request) run against simulated replicas that keep
 `replica/_cache.py`'s rules, next to the baselines of `router.simulation.baselines`; every
 policy sees the same request sequence (same seed). It
-prints a table (loads, loads / Belady bound, hit ratio, p50/p99 latency, per-replica
-imbalance, most copies of one model, refused + timed-out requests, decisions per wall second
-inside choose + dispatch, simulated requests per wall second) and writes the same as JSON.
+prints a table (loads, loads / Belady bound, answered requests per simulated second, p50 /
+p99 / p99.9 latency end to end, the worst model's p99 and which model, p99 of the second half,
+hit ratio, per-replica imbalance, most copies of one model, refused + timed-out requests,
+decisions per wall second inside choose + dispatch, simulated requests per wall second) and
+writes the same as JSON.
 
 The acceptance checks of issue 4, one command each:
 
@@ -18,7 +20,8 @@ The acceptance checks of issue 4, one command each:
 
 Other examples:
 
-    scripts/simulate --preset zipf1.1 --plot charts/    # + loads-vs-capacity, p99-vs-load PNGs
+    scripts/simulate --preset zipf1.1 --plot charts/    # + loads-vs-capacity, p99-vs-load and
+                                                        #   loads-vs-p99 frontier PNGs
     scripts/simulate --popularity zipf --zipf-s 1.1 --shift-every 10000 --bursts
     scripts/simulate --rate 1200 --load-dist lognormal --infer-dist exp --policies modelplex,ray
 
@@ -35,7 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from router.simulation.engine import EngineConfig
-from router.simulation.plots import PlotUnavailable, plotting_available, write_charts
+from router.simulation.plots import (
+    PlotUnavailable,
+    plotting_available,
+    write_charts,
+    write_frontier,
+)
 from router.simulation.presets import PRESETS
 from router.simulation.runner import (
     EXTRA_POLICIES,
@@ -44,6 +52,7 @@ from router.simulation.runner import (
     run,
     sweep_capacity,
     sweep_load,
+    sweep_patience,
 )
 from router.simulation.workloads import Arrival, Dist, DistKind, Popularity, WorkloadSpec
 
@@ -125,7 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--ray-model-ids-delay-ms", type=float, help="report to Ray's router knowing model ids")
     add("--measure-memory", action="store_true", default=None, help="size of the view")
     add("--json", type=Path, help="write the report as JSON here")
-    add("--plot", type=Path, help="run the sweeps and write PNG charts into this directory")
+    add(
+        "--plot",
+        type=Path,
+        help="run the sweeps (capacity, offered load, patience frontier) and write PNG charts "
+        "into this directory",
+    )
     add("--sweep-capacities", help="per-replica capacities for --plot (default c/4..4c)")
     add("--sweep-load-factors", help="offered-load multipliers for --plot")
     return p
@@ -188,6 +202,17 @@ def scenario_from(options: dict[str, Any]) -> Scenario:
     )
 
 
+def _workload_title(scenario: Scenario) -> str:
+    engine, workload = scenario.engine, scenario.workload
+    shape = workload.popularity.value
+    if workload.popularity.value == "zipf":
+        shape += f" {workload.zipf_s:g}"
+    return (
+        f"{workload.models} models {shape}, {engine.replicas} x {engine.capacity} slots, "
+        f"seed {engine.seed}"
+    )
+
+
 def _progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
@@ -221,15 +246,25 @@ def main(argv: list[str] | None = None) -> int:
         factors = [float(f) for f in options["sweep_load_factors"].split(",")]
         report.sweeps["capacity"] = sweep_capacity(scenario, capacities, progress=_progress)
         report.sweeps["load"] = sweep_load(scenario, factors, progress=_progress)
+        frontier = sweep_patience(scenario, known=report.policies, progress=_progress)
+        report.sweeps["frontier"] = frontier.to_dict()
         try:
             for path in write_charts(
                 args.plot, capacity=report.sweeps["capacity"], load=report.sweeps["load"]
             ):
                 _progress(f"wrote {path}")
+            path = write_frontier(
+                args.plot / "loads_vs_p99_frontier.png",
+                frontier,
+                title=f"Loads vs p99: {_workload_title(scenario)}",
+            )
+            _progress(f"wrote {path}")
         except PlotUnavailable as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    print(report.table())
+        print(report.table() + "\n\n" + frontier.table())
+    else:
+        print(report.table())
     if args.json is not None:
         args.json.write_text(report.to_json() + "\n")
         _progress(f"wrote {args.json}")

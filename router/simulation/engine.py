@@ -84,6 +84,7 @@ class RunStats:
     per_replica: list[int] = field(default_factory=list)  # requests dispatched to each
     latencies: array[float] = field(default_factory=lambda: array("d"))
     arrivals: array[float] = field(default_factory=lambda: array("d"))  # of answered requests
+    answered_models: list[str] = field(default_factory=list)  # the model of each latency
     view: ClusterView | None = None  # the router's view at the end, for memory measurement
 
 
@@ -224,6 +225,7 @@ class _Engine:
             self.stats.completed += 1
             self.stats.latencies.append(self.now - request.arrived_at)
             self.stats.arrivals.append(request.arrived_at)
+            self.stats.answered_models.append(request.model_id)
             if request.found_ready:
                 self.stats.hits += 1
         if self.workload.arrivals is None:

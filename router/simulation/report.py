@@ -2,18 +2,23 @@
 
 A `PolicySummary` is computed from the engine's `RunStats`; a `Report` gathers the summaries
 of every policy on one workload with the numbers that belong to the workload (distinct models,
-the Belady bound for one cache of replicas x capacity). The text table and the JSON carry the
-same numbers.
+the Belady bound for one cache of replicas x capacity). Every row carries the three axes a
+placement is judged on: loads against the bound, throughput (answered requests per simulated
+second) and the latency tail (p50, p99, p99.9 and the worst model's p99, from
+`router.simulation.tails`). The text table and the JSON carry the same numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from router.simulation.engine import RunStats
+from router.simulation.tails import MIN_MODEL_REQUESTS, percentile, tails
 
 __all__ = ["PolicySummary", "Report", "deep_sizeof", "summarize"]
 
@@ -27,9 +32,14 @@ class PolicySummary:
     timed_out: int
     loads: int
     hit_ratio: float  # answered requests whose model was resident on arrival at the replica
-    loads_per_belady: float | None
+    loads_over_belady: float | None
+    throughput_rps: float  # answered requests per simulated second
     p50_ms: float
     p99_ms: float
+    p999_ms: float
+    worst_model_p99_ms: float | None  # the largest per-model p99 (models with enough answers)
+    worst_model: str | None
+    worst_model_requests: int  # answered requests of `worst_model`
     p99_second_half_ms: float  # requests that arrived in the second half: after warm-up
     mean_ms: float
     imbalance: float  # max / mean requests per replica
@@ -39,7 +49,7 @@ class PolicySummary:
     decisions: int
     waits: int
     decisions_per_s: float  # policy calls per wall second spent in choose + dispatch
-    sim_requests_per_wall_s: float
+    sim_requests_per_wall_s: float  # the simulator's speed, not the cluster's throughput
     wall_s: float
     sim_time_s: float
     max_queued: int
@@ -52,6 +62,7 @@ class Report:
     distinct_models: int
     cluster_slots: int
     belady_loads: int
+    min_model_requests: int = MIN_MODEL_REQUESTS  # a model's answers to count for worst p99
     policies: list[PolicySummary] = field(default_factory=list)
     sweeps: dict[str, Any] = field(default_factory=dict)
     peak_rss_mb: float | None = None
@@ -61,9 +72,9 @@ class Report:
 
     def table(self) -> str:
         header = (
-            f"{'policy':<16}{'loads':>9}{'/belady':>9}{'hit%':>7}{'p50 ms':>9}{'p99 ms':>10}"
-            f"{'p99 2nd':>9}{'imbal':>7}{'copies':>7}{'rej+to':>7}{'dec/s':>10}{'req/s':>9}"
-            f"{'wall s':>8}"
+            f"{'policy':<16}{'loads':>8}{'/belady':>8}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
+            f"{'p99.9 ms':>10}{'worst p99':>10} {'(model)':<9}{'p99 2nd':>9}{'hit%':>6}"
+            f"{'imbal':>6}{'copies':>7}{'rej+to':>7}{'dec/s':>10}{'sim/wall':>9}{'wall s':>7}"
         )
         lines = [
             f"workload: {self.distinct_models} distinct models; Belady bound for one cache of "
@@ -72,14 +83,22 @@ class Report:
             "-" * len(header),
         ]
         for s in self.policies:
-            ratio = "-" if s.loads_per_belady is None else f"{s.loads_per_belady:.2f}"
             lines.append(
-                f"{s.policy:<16}{s.loads:>9}{ratio:>9}{100 * s.hit_ratio:>7.1f}"
-                f"{s.p50_ms:>9.1f}{s.p99_ms:>10.1f}{s.p99_second_half_ms:>9.1f}"
-                f"{s.imbalance:>7.2f}{s.max_copies:>7}"
+                f"{s.policy:<16}{s.loads:>8}{_fixed(s.loads_over_belady, 2):>8}"
+                f"{s.throughput_rps:>8.1f}{s.p50_ms:>9.1f}{s.p99_ms:>9.1f}{s.p999_ms:>10.1f}"
+                f"{_fixed(s.worst_model_p99_ms, 1):>10} {_named(s.worst_model):<9}"
+                f"{s.p99_second_half_ms:>9.1f}{100 * s.hit_ratio:>6.1f}"
+                f"{s.imbalance:>6.2f}{s.max_copies:>7}"
                 f"{s.rejected + s.timed_out:>7}{s.decisions_per_s:>10.0f}"
-                f"{s.sim_requests_per_wall_s:>9.0f}{s.wall_s:>8.2f}"
+                f"{s.sim_requests_per_wall_s:>9.0f}{s.wall_s:>7.2f}"
             )
+        lines += [
+            "req/s: answered requests per simulated second. Latencies are end to end, queueing "
+            "included; p99 2nd: of the requests",
+            "that arrived in the second half. worst p99: the largest per-model p99 among models "
+            f"with >= {self.min_model_requests} answered requests.",
+            "sim/wall: simulated requests per wall second (the simulator's speed).",
+        ]
         for s in self.policies:
             if s.view_bytes is not None:
                 lines.append(f"{s.policy}: router view at the end {s.view_bytes / 1e6:.1f} MB")
@@ -88,10 +107,17 @@ class Report:
         return "\n".join(lines)
 
 
-def _quantile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _fixed(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _named(model: str | None) -> str:
+    return "-" if model is None else f"({model})"
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds, or 0 for a run that answered nothing (the table and JSON stay numeric)."""
+    return 0.0 if math.isnan(seconds) else 1000 * seconds
 
 
 def _second_half(stats: RunStats) -> list[float]:
@@ -104,10 +130,23 @@ def _second_half(stats: RunStats) -> list[float]:
     )
 
 
-def summarize(stats: RunStats, *, belady_loads: int, measure_memory: bool = False) -> PolicySummary:
-    ordered = sorted(stats.latencies)
+def summarize(
+    stats: RunStats,
+    *,
+    belady_loads: int,
+    answered_models: Sequence[str] | None = None,
+    measure_memory: bool = False,
+) -> PolicySummary:
+    """The row of one policy. `answered_models[i]` is the model of the request answered in
+    `stats.latencies[i]` (by default the engine's record of it); without any, the row has no
+    worst model."""
+    if answered_models is None:
+        answered_models = stats.answered_models or None
+    run = tails(stats.latencies, answered_models)
+    worst = run.worst_model
     per_replica = stats.per_replica
     mean_per_replica = sum(per_replica) / len(per_replica) if per_replica else 0.0
+    latencies = stats.latencies
     return PolicySummary(
         policy=stats.policy,
         requests=stats.requests,
@@ -116,11 +155,16 @@ def summarize(stats: RunStats, *, belady_loads: int, measure_memory: bool = Fals
         timed_out=stats.timed_out,
         loads=stats.loads,
         hit_ratio=stats.hits / stats.completed if stats.completed else 0.0,
-        loads_per_belady=stats.loads / belady_loads if belady_loads else None,
-        p50_ms=1000 * _quantile(ordered, 0.50),
-        p99_ms=1000 * _quantile(ordered, 0.99),
-        p99_second_half_ms=1000 * _quantile(_second_half(stats), 0.99),
-        mean_ms=1000 * sum(ordered) / len(ordered) if ordered else 0.0,
+        loads_over_belady=stats.loads / belady_loads if belady_loads else None,
+        throughput_rps=stats.completed / stats.sim_time_s if stats.sim_time_s else 0.0,
+        p50_ms=_ms(run.p50),
+        p99_ms=_ms(run.p99),
+        p999_ms=_ms(run.p999),
+        worst_model_p99_ms=None if worst is None else 1000 * worst.p99,
+        worst_model=None if worst is None else worst.model,
+        worst_model_requests=0 if worst is None else worst.requests,
+        p99_second_half_ms=_ms(percentile(_second_half(stats), 0.99)),
+        mean_ms=1000 * sum(latencies) / len(latencies) if latencies else 0.0,
         imbalance=max(per_replica) / mean_per_replica if mean_per_replica else 0.0,
         max_copies=stats.max_copies,
         evictions=stats.evictions,

@@ -3,7 +3,8 @@
 A `Scenario` is everything the command line describes. `run` generates the workload once and
 replays it through a fresh view, fresh simulated replicas and a fresh policy per policy name,
 so every policy sees the same request sequence. The sweeps re-run the scenario over cluster
-capacities (loads against the Belady curve) and offered loads (p99 latency) for the charts.
+capacities (loads against the Belady curve), offered loads (p99 latency) and the modelplex
+policy's patience (the loads-versus-p99 frontier, beside its default and Ray's) for the charts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from router.simulation.baselines import (
 )
 from router.simulation.belady import belady_misses
 from router.simulation.engine import EngineConfig, simulate
-from router.simulation.report import Report, summarize
+from router.simulation.frontier import PATIENCE_SWEEP, Frontier, FrontierPoint
+from router.simulation.report import PolicySummary, Report, summarize
 from router.simulation.workloads import Arrival, WorkloadSpec, generate
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "run",
     "sweep_capacity",
     "sweep_load",
+    "sweep_patience",
 ]
 
 POLICY_NAMES: tuple[str, ...] = ("modelplex", "ray", "random", "round_robin", "consistent_hash")
@@ -96,11 +99,12 @@ def run(scenario: Scenario, *, progress: Progress = _quiet) -> Report:
         belady_loads=bound,
     )
     for name in scenario.policies:
-        stats = simulate(scenario.engine, workload, make_policy(name, scenario), name=name)
+        policy = make_policy(name, scenario)
+        stats = simulate(scenario.engine, workload, policy, name=name)
         summary = summarize(stats, belady_loads=bound, measure_memory=scenario.measure_memory)
         progress(
-            f"{name}: {summary.loads} loads, p99 {summary.p99_ms:.0f} ms, "
-            f"{summary.wall_s:.1f} s wall"
+            f"{name}: {summary.loads} loads, {summary.throughput_rps:.0f} req/s, "
+            f"p99 {summary.p99_ms:.0f} ms, {summary.wall_s:.1f} s wall"
         )
         report.policies.append(summary)
     report.peak_rss_mb = _peak_rss_mb()
@@ -155,6 +159,51 @@ def sweep_load(
         progress(f"offered {offered[-1]:g}: " + _pairs(p99))
     axis = "concurrency (closed loop)" if closed else "arrival rate (requests/s)"
     return {"offered": offered, "axis": axis, "p99_ms": p99}
+
+
+def sweep_patience(
+    scenario: Scenario,
+    patiences: Sequence[float] = PATIENCE_SWEEP,
+    *,
+    known: Sequence[PolicySummary] = (),
+    progress: Progress = _quiet,
+) -> Frontier:
+    """The modelplex policy at each patience (load times), with its default settings, and the
+    Ray baseline, on the scenario's workload. Rows of `known` (from `run` on the same
+    scenario) named "modelplex" or "ray" are reused for the default and Ray's points."""
+    workload = generate(scenario.workload)
+    bound = belady_misses(workload.model_ids, scenario.engine.replicas * scenario.engine.capacity)
+    rows = {summary.policy: summary for summary in known}
+
+    def measure(name: str, policy: Policy) -> PolicySummary:
+        return summarize(simulate(scenario.engine, workload, policy, name=name), belady_loads=bound)
+
+    frontier = Frontier()
+    for patience in patiences:
+        policy = ModelplexPolicy(seed=scenario.engine.seed, patience=patience)
+        point = _point("patience sweep", measure("modelplex", policy), patience)
+        frontier.sweep.append(point)
+        progress(
+            f"patience {patience:g}: {point.loads} loads, p99 {point.p99_ms:.0f} ms, "
+            f"{point.throughput_rps:.0f} req/s"
+        )
+    default = rows.get("modelplex") or measure("modelplex", make_policy("modelplex", scenario))
+    frontier.default = _point("default", default, None)
+    ray = rows.get("ray") or measure("ray", make_policy("ray", scenario))
+    frontier.ray = _point("ray (simulated)", ray, None)
+    return frontier
+
+
+def _point(label: str, summary: PolicySummary, patience: float | None) -> FrontierPoint:
+    return FrontierPoint(
+        label=label,
+        loads=summary.loads,
+        loads_over_belady=summary.loads_over_belady,
+        throughput_rps=summary.throughput_rps,
+        p99_ms=summary.p99_ms,
+        worst_model_p99_ms=summary.worst_model_p99_ms,
+        patience=patience,
+    )
 
 
 def _pairs(series: dict[str, list[int]] | dict[str, list[float]]) -> str:

@@ -30,6 +30,12 @@ def test_bench_writes_the_fields(tmp_path: Path) -> None:
     summary = run["summary"]
     for field in (
         "throughput_rps",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "worst_model_p99_ms",
+        "worst_model",
+        "min_model_requests",
         "latency_ms",
         "p99_after_warmup_ms",
         "p99_after_last_load_ms",
@@ -41,7 +47,7 @@ def test_bench_writes_the_fields(tmp_path: Path) -> None:
         "errors_by_status",
     ):
         assert field in summary, field
-    assert set(summary["latency_ms"]) >= {"p50", "p90", "p99"}
+    assert set(summary["latency_ms"]) >= {"p50", "p90", "p99", "p999"}
     assert summary["requests"] == 20
     assert sum(summary["requests_per_replica"].values()) == 20
     assert summary["errors_by_status"] == {}
