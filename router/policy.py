@@ -3,15 +3,21 @@
 Pure and deterministic: the view and the time come in, a decision goes out; nothing is read
 from a clock or the network. The live router and `scripts/simulate` run the same object.
 
-Rules (affinity first, loads last):
-1. A replica holding or loading the model, with room for another request: the one with the
-   fewest requests in flight. The request never causes a load.
-2. Holders exist but are all busy: wait for one (a load elsewhere costs more than a short wait).
-3. No holder: a replica with a free slot and room (fewest models, then fewest in flight).
-4. No free slot: the replica whose evictable model (loaded, not in use) was used least recently
-   across the cluster; the request tells it which model to give up.
-5. Nothing routable at all: reject; everything busy: wait.
-Requests without a model id go to the routable replica with the fewest requests in flight.
+`ModelplexPolicy` (v3, the router's) keeps these rules, each with its own tests:
+1. A model is served where it is held or loading; a burst for a cold model makes one load.
+2. A cold model takes a free slot first, on a replica whose loader is free; otherwise the
+   cluster's cheapest model goes: a spare copy, then the least frequently asked for, then the
+   least recently used. A model in use or loading is never evicted.
+3. A cold request waits rather than evict a model asked for more often than itself only while
+   a cheaper model is about to free a slot for it: within 1.25 load times of its arrival, one
+   such slot per request waiting ahead of it, and never while a replica that could load it
+   sits idle. So its wait for a slot is bounded by about one load time, unless every slot is
+   in use, and one-off requests churn through the cheap slots while popular models stay.
+4. With a load limit per replica (`max_concurrent_loads`), a request whose every possible
+   loader is busy waits in the router's queue until the first one frees, instead of queueing
+   behind one replica's loads.
+5. Hot models get more copies when their queue outlasts a load (`plan_copies`).
+`AffinityPolicy` (v1) is plain affinity plus LRU, kept as a baseline for the simulator.
 """
 
 from __future__ import annotations
@@ -172,7 +178,8 @@ class AffinityPolicy:
 
 
 class ModelplexPolicy:
-    """Policy v2: the cluster's caches act as one cache that weighs how often a model is used.
+    """Policy v3: the cluster's caches act as one cache that weighs how often a model is used
+    and bounds how long a cold request waits for a slot.
 
     - Holders first: a replica holding the model with room, loaded copies before loading
       ones, then the fewest in flight. A cold model never gets a second load from a burst:
@@ -180,11 +187,16 @@ class ModelplexPolicy:
     - Stickiness with spill: when every holder is busy the request waits, unless the expected
       wait (requests queued for the model x inference time / holder capacity) exceeds the
       expected load time; then it is placed like a cold model.
-    - Placement of a cold model: a free slot if any (fewest models, then fewest in flight);
-      otherwise evict the cheapest model in the cluster — extra copies of a model first, then
-      the least frequently requested (frequencies age, TinyLFU style), the least recently used
-      among equals — never a model in use or loading, and only on replicas whose load is within
-      `load_bound` x the average (bounded load). The replica is told which model to give up.
+    - Placement of a cold model: a free slot if any (free loader first, then fewest models and
+      fewest in flight); otherwise evict the cheapest model in the cluster — extra copies of a
+      model first, then the least frequently requested (frequencies age, TinyLFU style), the
+      least recently used among equals — never a model in use or loading, and preferably on
+      replicas whose loader is free and whose load is within `load_bound` x the average. The
+      replica is told which model to give up.
+    - The wait for a cheaper slot (the module's rule 3): `Wait(for_slot=True, until=...)`,
+      which admission counts (`Demand.slot_waiters`) and offers again at `until`.
+      `patience` (load times), when set, replaces that bound with policy v2's fixed one: the
+      request waits up to `patience` load times for any cheaper slot. A rarely needed override.
     - Hot models get more copies (`plan_copies`): when requests for a model have queued for
       longer than a load takes, copies are prefetched on more replicas until the holders can
       serve the demand, without any request paying for those loads.

@@ -1028,3 +1028,29 @@ def test_a_model_asked_for_as_often_as_the_victim_is_not_made_to_wait() -> None:
     view = popular_and_busy_cheap()
     asked(view, "m", 39)
     assert routed_to(choose(view, "m")) == ("r1", "popular")
+
+
+# -- load concurrency --------------------------------------------------------------------------
+
+
+def test_a_cold_model_goes_where_a_loader_is_free() -> None:
+    view = cluster(
+        snapshot("r1", ["x"], capacity=3, max_concurrent_loads=1),
+        snapshot("r2", ["y", "z"], capacity=3, max_concurrent_loads=1),
+    )
+    estimates(view, load_s=1.0, infer_s=0.01)
+    view.dispatch("r1", "loading", NOW)  # r1's only loader is busy until NOW + 1
+    assert routed_to(choose(view, "m")) == ("r2", None)
+
+
+def test_with_every_loader_busy_a_cold_request_waits_in_the_router_for_the_first_to_free() -> None:
+    view = cluster(
+        snapshot("r1", ["x"], capacity=3, max_concurrent_loads=1),
+        snapshot("r2", ["y"], capacity=3, max_concurrent_loads=1),
+    )
+    estimates(view, load_s=1.0, infer_s=0.01)
+    view.dispatch("r1", "a", NOW - 0.5)  # r1's loader frees at NOW + 0.5
+    view.dispatch("r2", "b", NOW - 0.2)  # r2's at NOW + 0.8
+    decision = ModelplexPolicy().choose(view, "m", NOW)
+    assert decision == Wait(for_slot=True, until=pytest.approx(NOW + 0.5))
+    assert routed_to(ModelplexPolicy().choose(view, "m", NOW + 0.5)) == ("r1", None)

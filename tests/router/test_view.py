@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from reports import snapshot
+from reports import NOW, cluster, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.view import ClusterView, ReplicaStatus, ReportOutcome
@@ -626,3 +626,34 @@ def test_a_successful_answer_keeps_the_placement_until_a_report_says_otherwise()
     assert "m" in view.replicas["r1"].models
     view.apply_report(snapshot("r1", [], sequence=3), 14.0)
     assert "m" not in view.replicas["r1"].models
+
+
+# -- the load schedule -----------------------------------------------------------------------
+
+
+def test_loads_beyond_the_limit_are_scheduled_in_placement_order() -> None:
+    view = cluster(snapshot("r1", capacity=4, max_concurrent_loads=1))
+    for offset, model_id in enumerate(("a", "b", "c")):
+        view.dispatch("r1", model_id, NOW + offset * 0.1)
+    done, start_next = view.replicas["r1"].load_schedule(NOW + 0.5, load_s=1.0)
+    assert done == pytest.approx({"a": NOW + 1.0, "b": NOW + 2.0, "c": NOW + 3.0})
+    assert start_next == pytest.approx(NOW + 3.0)
+    assert view.replicas["r1"].load_turns == 3
+
+
+def test_without_a_limit_every_load_runs_at_once_and_a_new_one_starts_now() -> None:
+    view = cluster(snapshot("r1", capacity=4))
+    view.dispatch("r1", "a", NOW)
+    view.dispatch("r1", "b", NOW + 0.5)
+    done, start_next = view.replicas["r1"].load_schedule(NOW + 0.5, load_s=1.0)
+    assert done == pytest.approx({"a": NOW + 1.0, "b": NOW + 1.5})
+    assert start_next == NOW + 0.5
+    assert view.replicas["r1"].load_turns == 0
+
+
+def test_an_overdue_load_is_due_now_and_frees_its_loader_now() -> None:
+    view = cluster(snapshot("r1", capacity=4, max_concurrent_loads=1))
+    view.dispatch("r1", "a", NOW)
+    done, start_next = view.replicas["r1"].load_schedule(NOW + 5.0, load_s=1.0)
+    assert done == {"a": NOW + 5.0}
+    assert start_next == NOW + 5.0
