@@ -464,6 +464,10 @@ class AdmissionMachine(RuleBasedStateMachine):
     def _apply(self, actions: Actions[int], *, arrival: int | None = None) -> None:
         """Check what one event returned against the ledger, then record it."""
         queued_before = len(self._in(Fate.QUEUED))
+        # A copy is prefetched for a model that waited; its waiters may take it at once.
+        waiting_models = {self.model_of[r] for r in self._in(Fate.QUEUED)} | {
+            self.model_of[r] for r in actions.queued
+        }
         for request in actions.queued:
             assert request == arrival, "only an arrival joins the queue"
             assert request not in self.fate
@@ -495,7 +499,6 @@ class AdmissionMachine(RuleBasedStateMachine):
             self.fate[request] = Fate.REFUSED
         if arrival is not None:
             assert arrival in self.fate, "an arrival is dispatched, queued or refused"
-        waiting_models = {self.model_of[r] for r in self._in(Fate.QUEUED)}
         for prefetch in actions.prefetches:
             assert prefetch.model_id in waiting_models
             assert prefetch.model_id in self.view.replicas[prefetch.replica.replica_id].models
