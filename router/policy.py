@@ -437,7 +437,8 @@ class ModelplexPolicy:
                 continue
             if turns != _ANY and replica.load_turns > turns:
                 continue
-            schedule, start_next = replica.load_schedule(now, demand.load_s)
+            schedule: dict[str, float] | None = None  # built at the first loading model
+            start_next = now  # when a load could start here: now, unless loads are queued
             replica_idle = replica.in_flight == 0 and replica.reported_in_flight == 0
             local: tuple[int, float, str] | None = None  # this replica's cheapest model
             for name, copy in replica.models.items():
@@ -447,6 +448,8 @@ class ModelplexPolicy:
                     if cheapest_busy is None or worth < cheapest_busy:
                         cheapest_busy = worth
                     if copy.loading:
+                        if schedule is None:
+                            schedule, start_next = replica.load_schedule(now, demand.load_s)
                         free_at = schedule[name] + demand.infer_s
                     else:
                         free_at = copy.last_used + demand.infer_s

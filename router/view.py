@@ -17,7 +17,6 @@ dispatched (`dispatch`) or finished (`finish`), a replica failed (`mark_down`) o
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,9 +57,9 @@ class ModelCopy:
     pending_until: float = 0.0  # optimistic placement not yet confirmed by a report
     loaded_at: float | None = None  # router clock, once a report showed it loaded
     placed_at: float | None = None  # router clock, when this router's dispatch started the load
-    # When this router's recent requests for it ended: a report built before one of them
-    # ended still counts its pin, and must not make that pin look like another router's.
-    finished: deque[float] = field(default_factory=deque)
+    # This router's requests for it that ended since the last report: a report built before
+    # one of them ended still counts its pin, which must not look like another router's.
+    finished_since_report: int = 0
 
     @property
     def in_use(self) -> bool:
@@ -127,12 +126,18 @@ class ReplicaView:
         and each takes `load_s`; a load this router did not place is taken to start now, and
         one that is overdue to be done at any moment (exactly `now`: a report will say when).
         """
+        limit = self.max_concurrent_loads
+        if limit is None:  # every load runs at once
+            return {
+                c.model_id: max(now, (now if c.placed_at is None else c.placed_at) + load_s)
+                for c in self.models.values()
+                if c.loading
+            }, now
         loading = sorted(
             (c.placed_at if c.placed_at is not None else now, c.model_id)
             for c in self.models.values()
             if c.loading
         )
-        limit = self.max_concurrent_loads or len(loading) + 1
         done: list[float] = []
         for index, (placed, _) in enumerate(loading):
             start = placed if index < limit else max(placed, done[index - limit])
@@ -163,11 +168,9 @@ class ClusterView:
         self,
         *,
         pending_grace_s: float = 2.0,
-        pin_echo_s: float = 0.25,
         demand: Demand | None = None,
     ) -> None:
         self.pending_grace_s = pending_grace_s
-        self.pin_echo_s = pin_echo_s
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
@@ -269,11 +272,10 @@ class ClusterView:
             copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
             copy.loaded_at = last_used  # loaded no later than its last use
             if old is not None:
-                # Pins the replica counted that are ours: in flight now, or ended so recently
-                # that the report may have been built before they did.
-                ours = old.in_flight + self._recent_finishes(old, now)
+                # Pins the replica counted that may be ours: in flight now, or ended since the
+                # last report (this one may have been built before they did).
+                ours = old.in_flight + old.finished_since_report
                 copy.reported_in_use = max(0, entry.in_use - ours)
-                copy.finished = old.finished
                 copy.placed_at = old.placed_at
                 copy.last_used = max(last_used, old.last_used)
                 copy.in_flight = old.in_flight
@@ -288,13 +290,6 @@ class ClusterView:
             if model_id not in models and (old.in_flight > 0 or old.pending_until > now):
                 models[model_id] = old
         return models
-
-    def _recent_finishes(self, copy: ModelCopy, now: float) -> int:
-        finished = copy.finished
-        horizon = now - self.pin_echo_s
-        while finished and finished[0] < horizon:
-            finished.popleft()
-        return len(finished)
 
     def _set_models(self, replica: ReplicaView, models: dict[str, ModelCopy]) -> None:
         rid = replica.replica_id
@@ -419,8 +414,7 @@ class ClusterView:
             return
         copy.in_flight = max(0, copy.in_flight - 1)
         copy.last_used = max(copy.last_used, now)
-        self._recent_finishes(copy, now)  # trims the list to the echo window
-        copy.finished.append(now)
+        copy.finished_since_report += 1
         if ok:
             # The answer came back, so the replica has the model; keep it until a report says.
             copy.pending_until = max(copy.pending_until, now + self.pending_grace_s)
