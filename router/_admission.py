@@ -22,7 +22,7 @@ class NoReplica(Exception):
 
 
 class QueueFull(Exception):
-    """Every replica is at max_ongoing_requests and the router's queue is full."""
+    """The router's queue of requests waiting for a replica (or a model slot) is full."""
 
 
 class QueueTimeout(Exception):
@@ -75,13 +75,16 @@ class Admission:
             return future.result()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
-        except TimeoutError:
+        except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is None:
-                # Admitted in the same instant the timer fired: give the slot back.
-                self.release(future.result(), model_id)
-            raise QueueTimeout(
-                f"no replica could take the request within {timeout_s:g} s"
-            ) from None
+                # Admitted in the same instant the timer fired or the caller was cancelled:
+                # the request never reaches the replica, so give its place back.
+                self.release(future.result(), model_id, ok=False)
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout(
+                    f"no replica could take the request within {timeout_s:g} s"
+                ) from None
+            raise
         finally:
             self.queue.leave(ticket)
             if not future.done():
@@ -116,6 +119,12 @@ class Admission:
             self._prefetch(prefetch)
         if actions.wake_at is not None:
             self._wake_by(actions.wake_at)
+
+    def close(self) -> None:
+        """The router stops: no more timed offers."""
+        if self._wake is not None:
+            self._wake.cancel()
+        self._wake = self._wake_at = None
 
     def _wake_by(self, at: float) -> None:
         """Offer the queue at `at` (router clock), unless an earlier offer is already due."""

@@ -13,8 +13,8 @@ Rules it keeps:
 - FIFO: with anyone queued, a new request joins the queue; the queue is offered to the policy
   in arrival order, until no routable replica has room;
 - a model told to wait in a pass is not asked about again in that pass (one decision per
-  waiting model, however long its queue); the policy learns how many requests ahead of the
-  one it decides are waiting for a model slot (`Demand.slot_waiters`);
+  waiting model, however long its queue); the policy learns how many models ahead of the one
+  it decides wait for a model slot or a loader (`Demand.slot_waiters`);
 - `view.demand` counts every arrival once and every queued request from joining to leaving;
 - no routable replica at all refuses every waiter at once (no queue of doomed requests);
 - a full queue (`max_queued`) refuses the newcomer.
@@ -126,9 +126,7 @@ class AdmissionQueue(Generic[R]):
         elif isinstance(decision, Reject):
             actions.refused.append((request, Refusal.NO_REPLICA, decision.reason))
         elif self._enqueue(request, model_id, now, actions):
-            if decision.until is not None and decision.until > now:
-                actions.wake_at = decision.until
-            self._plan_copies((model_id,), now, actions)
+            self._pass(now, actions)  # as a waiter: its wait's deadline counts from now on
         return actions
 
     def attempt(self, request: R, model_id: str, now: float) -> Admitted | Decision:

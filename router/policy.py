@@ -187,12 +187,12 @@ class ModelplexPolicy:
     - Stickiness with spill: when every holder is busy the request waits, unless the expected
       wait (requests queued for the model x inference time / holder capacity) exceeds the
       expected load time; then it is placed like a cold model.
-    - Placement of a cold model: a free slot if any (free loader first, then fewest models and
-      fewest in flight); otherwise evict the cheapest model in the cluster — extra copies of a
-      model first, then the least frequently requested (frequencies age, TinyLFU style), the
-      least recently used among equals — never a model in use or loading, and preferably on
-      replicas whose loader is free and whose load is within `load_bound` x the average. The
-      replica is told which model to give up.
+    - Placement of a cold model, on a replica whose loader is free if any: a free slot if any
+      (fewest models, then fewest in flight); otherwise evict the cheapest model in the
+      cluster — extra copies of a model first, then the least frequently requested
+      (frequencies age, TinyLFU style), the least recently used among equals — never a model
+      in use or loading, and preferably on replicas whose load is within `load_bound` x the
+      average. The replica is told which model to give up.
     - The wait for a cheaper slot (the module's rule 3): `Wait(for_slot=True, until=...)`,
       which admission counts (`Demand.slot_waiters`) and offers again at `until`.
       `patience` (load times), when set, replaces that bound with policy v2's fixed one: the
@@ -240,29 +240,37 @@ class ModelplexPolicy:
         if best is not None:
             return Route(best)
         if capacity:
-            if first_load or not self._sustained(view, model_id, now):
+            if first_load:
                 return WAIT  # a burst waits for its one load and the holders, never more
+            sustained_at = self._sustained_at(view, model_id, now)
+            if now < sustained_at:
+                return Wait(until=sustained_at) if sustained_at < math.inf else WAIT
             demand = view.demand
             queued = demand.waiting.get(model_id, 0) + 1
             if queued * demand.infer_s / capacity <= demand.load_s:
                 return WAIT
         return self._place(view, model_id, now)
 
-    @staticmethod
-    def _sustained(view: ClusterView, model_id: str, now: float) -> bool:
+    @classmethod
+    def _sustained(cls, view: ClusterView, model_id: str, now: float) -> bool:
         """Whether requests for `model_id` have queued for longer than a load since its
         holders were ready: demand a burst of first requests cannot fake, since its queue
         drains soon after the one load."""
+        return now >= cls._sustained_at(view, model_id, now)
+
+    @staticmethod
+    def _sustained_at(view: ClusterView, model_id: str, now: float) -> float:
+        """When the demand for `model_id` counts as sustained if its queue stays (inf: none)."""
         demand = view.demand
         since = demand.waiting_since.get(model_id)
         if since is None:
-            return False
+            return math.inf
         ready_at = now
         for replica_id in view.holders.get(model_id, ()):
             copy = view.replicas[replica_id].models[model_id]
             if copy.loaded_at is not None and copy.loaded_at < ready_at:
                 ready_at = copy.loaded_at
-        return now - max(since, ready_at) >= demand.load_s
+        return max(since, ready_at) + demand.load_s
 
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         """More copies of `model_id` when its queue has outlasted a load; [] otherwise."""
@@ -396,10 +404,10 @@ class ModelplexPolicy:
         planned: Mapping[str, int],
         now: float,
     ) -> tuple[ReplicaView | None, _Victim | None]:
-        """A free slot, else the cheapest victim: on a replica whose loader is free and within
-        the load bound if possible, then within the load bound, then anywhere."""
+        """A free slot, else the cheapest victim: on a replica whose loader is free (within
+        the load bound if possible), then behind a busy loader (likewise)."""
         limit = self._load_limit(view)
-        for bound, turns in ((limit, 0), (limit, _ANY), (math.inf, _ANY)):
+        for bound, turns in ((limit, 0), (math.inf, 0), (limit, _ANY), (math.inf, _ANY)):
             free = self._free_target(view, exclude, bound, turns)
             if free is not None:
                 return free, None

@@ -105,6 +105,7 @@ class RouterServer:
             await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"router stopping")
 
     async def _stop(self, app: web.Application) -> None:
+        self.admission.close()
         if self._maintenance is not None:
             self._maintenance.cancel()
         for task in list(self._prefetches):
