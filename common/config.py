@@ -55,7 +55,7 @@ class RouterConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000  # 0 picks a free port
-    max_queued_requests: int = 1000  # waiting while every replica is at max_ongoing_requests
+    max_queued_requests: int = 1000  # waiting for a replica with room, a model slot or a loader
     queue_timeout_s: float = 30.0  # time in that queue before a 503
     request_timeout_s: float = 300.0  # end to end, before a 504
     retry_on_replica_failure: bool = True

@@ -15,12 +15,12 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Protocol
 
-from router.admission import Actions, AdmissionQueue, Admitted
+from router.admission import Actions, AdmissionQueue, AdmissionStats, Admitted
 from router.policy import Decision, Policy, Prefetch, Reject
 from router.simulation.contract import RequestAwarePolicy, SimRequest
 from router.view import ClusterView
 
-__all__ = ["AdmissionHost", "AdmissionStats", "SyncAdmission"]
+__all__ = ["AdmissionHost", "SyncAdmission"]
 
 
 class AdmissionHost(Protocol):
@@ -32,17 +32,6 @@ class AdmissionHost(Protocol):
     def queued(self, request: SimRequest) -> None: ...
     def retry_at(self, request: SimRequest, at: float) -> None: ...
     def offer_at(self, at: float) -> None: ...
-
-
-class AdmissionStats:
-    __slots__ = ("decide_wall_s", "decisions", "max_queued", "prefetches", "waits")
-
-    def __init__(self) -> None:
-        self.decisions = 0  # calls into the policy's choose
-        self.waits = 0  # decisions that said "wait"
-        self.decide_wall_s = 0.0  # wall time inside the admission queue
-        self.prefetches = 0
-        self.max_queued = 0
 
 
 class SyncAdmission:
@@ -59,11 +48,13 @@ class SyncAdmission:
 
     @property
     def stats(self) -> AdmissionStats:
-        stats, core = AdmissionStats(), self.core.stats
-        stats.decisions, stats.waits = core.decisions, core.waits
-        stats.prefetches, stats.max_queued = core.prefetches, core.max_queued
-        stats.decide_wall_s = self._wall_s
-        return stats
+        """The queue's counters (decisions, waits, prefetches, longest queue)."""
+        return self.core.stats
+
+    @property
+    def decide_wall_s(self) -> float:
+        """Wall time spent inside the queue's methods."""
+        return self._wall_s
 
     def _choose_aware(self, request: SimRequest, model_id: str, now: float) -> Decision:
         assert self.aware is not None
@@ -126,13 +117,10 @@ class SyncAdmission:
 
     def _apply(self, actions: Actions[SimRequest], now: float) -> None:
         for request in actions.queued:
-            request.queued = True
             self.host.queued(request)
         for request, admitted in actions.dispatched:
-            request.queued = False
             self._dispatched(request, admitted, now)
         for request, _, _ in actions.refused:
-            request.queued = False
             self.host.refused(request)
         for prefetch in actions.prefetches:
             self.host.prefetched(prefetch)

@@ -46,7 +46,6 @@ class SimRequest:
     evict: str | None = None  # the router's eviction hint sent with it
     dispatched_at: float = 0.0
     cold: bool = False  # its dispatch made the replica load the model (as the view saw it)
-    queued: bool = False  # counted as waiting in the view's demand
     done: bool = False  # answered, rejected or timed out
     found_ready: bool = False  # its model was resident when it reached the replica
     prefetch: bool = False  # not a request: the router asked the replica to load a copy

@@ -76,7 +76,7 @@ class RunStats:
     decisions: int = 0  # calls into the policy
     waits: int = 0  # decisions that said "wait"
     prefetches: int = 0  # copies the router asked for without a request
-    decide_wall_s: float = 0.0  # wall time inside choose + dispatch
+    decide_wall_s: float = 0.0  # wall time inside the admission queue's methods
     wall_s: float = 0.0  # wall time of the whole run
     sim_time_s: float = 0.0  # simulated time when the last request finished
     max_copies: int = 0  # most replicas holding or loading one model at once
@@ -196,7 +196,7 @@ class _Engine:
         stats.hint_evictions = sum(s.hint_evictions for s in self.sims)
         stats.decisions = counts.decisions
         stats.waits = counts.waits
-        stats.decide_wall_s = counts.decide_wall_s
+        stats.decide_wall_s = self.admission.decide_wall_s
         stats.prefetches = counts.prefetches
         stats.max_queued = counts.max_queued
         stats.view = self.view
