@@ -66,10 +66,12 @@ class Admission:
     def queued(self) -> int:
         return self.queue.queued
 
-    async def admit(self, model_id: str, timeout_s: float) -> Admitted:
-        """Dispatch now, or wait in the queue for up to `timeout_s`."""
+    async def admit(self, model_id: str, timeout_s: float, *, retry: bool = False) -> Admitted:
+        """Dispatch now, or wait in the queue for up to `timeout_s`. `retry`: the request was
+        admitted before and its replica failed it (counted once, first in the queue)."""
         ticket = _Ticket(asyncio.get_running_loop().create_future())
-        self._apply(self.queue.arrive(ticket, model_id, self.clock()))
+        enter = self.queue.readmit if retry else self.queue.arrive
+        self._apply(enter(ticket, model_id, self.clock()))
         future = ticket.future
         if future.done():
             return future.result()

@@ -1,11 +1,12 @@
 """Admission: the queue of requests waiting for a replica, as synchronous code without I/O.
 
 The one place that asks the policy and records dispatches in the view, so no request is routed
-without the view knowing. Each method is one event — a request arrived (`arrive`), capacity
-freed (`offer`: a report arrived, a replica joined, a wait's deadline passed), a request
-finished (`finished`), a waiter left (`leave`: it timed out or its client went away) — and
-returns what the host must do (`Actions`: dispatch these requests there, refuse those, load
-these copies, offer again at this time), as httpcore's pool returns the connections to close.
+without the view knowing. Each method is one event — a request arrived (`arrive`) or came
+back after its replica failed it (`readmit`), capacity freed (`offer`: a report arrived, a
+replica joined, a wait's deadline passed), a request finished (`finished`), a waiter left
+(`leave`: it timed out or its client went away) — and returns what the host must do
+(`Actions`: dispatch these requests there, refuse those, load these copies, offer again at this
+time), as httpcore's pool returns the connections to close.
 The live router (`router/_admission.py`) maps the actions to futures; the simulator and the
 tests drive this class directly, so what they measure is the router's code.
 
@@ -114,9 +115,17 @@ class AdmissionQueue(Generic[R]):
     def arrive(self, request: R, model_id: str, now: float) -> Actions[R]:
         """A request for `model_id` (empty: none) arrived: dispatch it, queue it or refuse it."""
         self.view.demand.arrived(model_id)
+        return self._admit(request, model_id, now, first=False)
+
+    def readmit(self, request: R, model_id: str, now: float) -> Actions[R]:
+        """A request that arrived before is back (its replica failed it, and it may be tried
+        elsewhere): not counted again, and first in the queue, since it has waited already."""
+        return self._admit(request, model_id, now, first=True)
+
+    def _admit(self, request: R, model_id: str, now: float, *, first: bool) -> Actions[R]:
         actions: Actions[R] = Actions()
         if self._queue:
-            self._enqueue(request, model_id, now, actions)
+            self._enqueue(request, model_id, now, actions, first=first)
             self._pass(now, actions)
             return actions
         self.view.demand.slot_waiters = 0
@@ -193,13 +202,18 @@ class AdmissionQueue(Generic[R]):
         cold = self.view.dispatch(replica.replica_id, model_id, now, evict=route.evict)
         return Admitted(replica.replica_id, replica.url, cold, route.evict)
 
-    def _enqueue(self, request: R, model_id: str, now: float, actions: Actions[R]) -> bool:
+    def _enqueue(
+        self, request: R, model_id: str, now: float, actions: Actions[R], *, first: bool = False
+    ) -> bool:
         if len(self._waiting) >= self.max_queued:
             message = f"{len(self._waiting)} requests are already waiting for a replica"
             actions.refused.append((request, Refusal.QUEUE_FULL, message))
             return False
         waiter = _Waiter(request, model_id)
-        self._queue.append(waiter)
+        if first:
+            self._queue.appendleft(waiter)
+        else:
+            self._queue.append(waiter)
         self._waiting[request] = waiter
         self.stats.max_queued = max(self.stats.max_queued, len(self._waiting))
         self.view.demand.wait_started(model_id, now)

@@ -140,11 +140,13 @@ class RouterServer:
         deadline = loop.time() + self.config.router.request_timeout_s
         body, replayable = await self._body(request)
         headers = request_headers(request)
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
             remaining = deadline - loop.time()
             try:
                 admitted = await self.admission.admit(
-                    model_id, min(remaining, self.config.router.queue_timeout_s)
+                    model_id,
+                    min(remaining, self.config.router.queue_timeout_s),
+                    retry=attempt > 0,
                 )
             except NoReplica as exc:
                 self.counters["no_replica"] += 1

@@ -658,3 +658,15 @@ AdmissionMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_admission_machine = AdmissionMachine.TestCase
+
+
+def test_a_readmitted_request_is_not_counted_again_and_goes_first() -> None:
+    view = cluster(snapshot("r1", ["a", "b"], max_ongoing_requests=1))
+    queue = queue_over(view)
+    assert dispatched_to(queue.arrive(1, "a", NOW)) == [(1, "r1")]
+    assert queue.arrive(2, "b", NOW).queued == [2]
+    # Request 3 for "a" arrived earlier, was sent to a replica that failed it, and is back.
+    view.demand.arrived("a")
+    assert queue.readmit(3, "a", NOW + 0.1).queued == [3]
+    assert view.demand.frequency("a") == 2  # one count per arrival, however often tried
+    assert dispatched_to(queue.finished("r1", "a", NOW + 0.2)) == [(3, "r1")]  # before 2
