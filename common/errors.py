@@ -1,4 +1,4 @@
-"""The JSON error body every modelplex answer uses: {"error": {"code": ..., "message": ...}}.
+"""The JSON error every modelplex answer uses: {"error": {"code": ..., "message": ...}}.
 
 Codes are stable identifiers clients may branch on; messages are for people.
 """
@@ -7,8 +7,23 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["error_body"]
+from aiohttp import web
+
+__all__ = ["error_body", "error_response"]
 
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_response(
+    status: int, code: str, message: str, *, retry_after_s: int | None = None
+) -> web.Response:
+    """The error answer; `retry_after_s` adds `Retry-After` (for 503 and 429)."""
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return web.Response(
+        status=status,
+        body=error_body(code, message),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -35,9 +35,11 @@ import msgpack
 from common.model_id import InvalidModelId, validate_model_id
 
 __all__ = [
+    "CHANNEL_PATH",
     "MAX_FRAME_BYTES",
     "MAX_MODELS_PER_REPORT",
     "MAX_NAME_BYTES",
+    "REPORT_PATH",
     "UNLIMITED_CAPACITY",
     "WIRE_VERSION",
     "ErrorReply",
@@ -56,7 +58,11 @@ MAX_MODELS_PER_REPORT = 100_000
 MAX_NAME_BYTES = 256
 """Limit for `replica_id`, `incarnation` and an error reply's `code`, in UTF-8 bytes."""
 UNLIMITED_CAPACITY = -1
-"""The `capacity` of a replica with no limit on resident models."""
+"""The `capacity` of a replica with no limit on resident models (the one definition of it)."""
+CHANNEL_PATH = "/-/replicas/channel"
+"""The router's WebSocket a replica streams its reports on."""
+REPORT_PATH = "/-/replicas/report"
+"""The router's POST endpoint for a single report (replicas that cannot hold a channel)."""
 
 _SNAPSHOT = "snapshot"
 _ERROR = "error"

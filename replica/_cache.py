@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 from replica._cleanup import run_cleanup
 from replica._context import RequestScope, current_scope
 from replica._metrics import CacheMetrics
@@ -50,7 +51,6 @@ __all__ = [
 logger = logging.getLogger("modelplex.replica")
 
 M = TypeVar("M")
-UNLIMITED = -1
 
 
 class CacheEventKind(enum.Enum):

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.addresses import connect_host
 from common.auth import load_secret
 from common.config import ConfigError, DeploymentConfig, load_config
 from common.loop import event_loop_runner
@@ -31,7 +32,6 @@ __all__ = ["run_replica"]
 logger = logging.getLogger("modelplex.replica")
 
 _PROG = "python -m replica"
-_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 class _UsageError(Exception):
@@ -58,10 +58,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _check_url(url: str, what: str) -> str:
     if not url.startswith(("http://", "https://")) or " " in url:
         raise _UsageError(f"{what} must be an http:// or https:// URL, got {url!r}")
@@ -73,7 +69,7 @@ def _routers(args: argparse.Namespace, host: str, port: int) -> list[str]:
         return [_check_url(url, "--router") for url in args.router]
     if port == 0:
         raise _UsageError("the config's router.port is 0 (any port), so pass --router URL")
-    return [f"http://{_url_host(_WILDCARD_TO_LOOPBACK.get(host, host))}:{port}"]
+    return [f"http://{connect_host(host)}:{port}"]
 
 
 def run_replica(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +164,7 @@ async def _listen_and_wait(
         print(f"{_PROG}: cannot listen on {host}:{port}: {error}", file=sys.stderr, flush=True)
         return 1
     bound: Any = runner.addresses[0]
-    url = advertise_url or f"http://{_url_host(host)}:{bound[1]}"
+    url = advertise_url or f"http://{connect_host(host)}:{bound[1]}"
     try:
         await server.start(url)
     except ValueError as error:

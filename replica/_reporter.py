@@ -20,13 +20,18 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from common.auth import authorization_value
-from common.wire import MAX_FRAME_BYTES, ReplicaSnapshot, WireError, decode_error, encode_snapshot
+from common.wire import (
+    CHANNEL_PATH,
+    MAX_FRAME_BYTES,
+    ReplicaSnapshot,
+    WireError,
+    decode_error,
+    encode_snapshot,
+)
 
-__all__ = ["CHANNEL_PATH", "Reporter"]
+__all__ = ["Reporter"]
 
 logger = logging.getLogger("modelplex.replica")
-
-CHANNEL_PATH = "/-/replicas/channel"
 
 
 class Reporter:

@@ -20,9 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.errors import error_body
-
-__all__ = ["UnsupportedResult", "error_response", "respond"]
+__all__ = ["UnsupportedResult", "respond"]
 
 logger = logging.getLogger("modelplex.replica")
 
@@ -35,13 +33,6 @@ _BINARY_STREAM = "application/octet-stream"
 
 class UnsupportedResult(TypeError):
     """The deployment returned something that has no HTTP meaning."""
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """The JSON error every modelplex component answers with."""
-    return web.Response(
-        status=status, body=error_body(code, message), content_type="application/json"
-    )
 
 
 async def respond(request: web.Request, result: object, stamp: Stamp) -> web.StreamResponse:

@@ -30,6 +30,7 @@ from multidict import istr
 
 from common import headers
 from common.auth import is_authorized
+from common.errors import error_response
 from common.model_id import InvalidModelId, model_id_from_headers
 from common.wire import ReplicaSnapshot, encode_snapshot
 from replica._cache import CacheClosed, ModelSlotTimeout
@@ -37,7 +38,7 @@ from replica._context import RequestScope, request_context
 from replica._deployment import open_caches
 from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
 from replica._reporter import Reporter
-from replica._respond import error_response, respond
+from replica._respond import respond
 from replica._runtime import runtime
 from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms
 

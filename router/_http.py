@@ -7,10 +7,9 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import CIMultiDict
 
-from common.errors import error_body
 from common.headers import REPLICA_HEADER
 
-__all__ = ["error_response", "request_headers", "response_headers"]
+__all__ = ["request_head", "request_headers", "response_headers"]
 
 # RFC 9110 §7.6.1: connection-specific fields end at the proxy, along with those that
 # the Connection field names. Content-Length and Transfer-Encoding are re-framed by aiohttp.
@@ -90,15 +89,3 @@ def request_head(
         lines.append("Transfer-Encoding: chunked")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
-
-
-def error_response(
-    status: int, code: str, message: str, *, retry_after_s: int | None = None
-) -> web.Response:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return web.Response(
-        status=status,
-        body=error_body(code, message),
-        content_type="application/json",
-        headers=headers,
-    )

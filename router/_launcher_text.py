@@ -12,22 +12,9 @@ from typing import Any
 
 from common.config import ClusterConfig
 
-__all__ = ["banner", "format_status", "healthy_replicas", "reachable_url"]
+__all__ = ["banner", "format_status", "healthy_replicas"]
 
 TENANTS_IMPORT_PATH = "examples.tenants:TenantModels"
-_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]", "[::]": "[::1]"}
-
-
-def reachable_url(url: str) -> str:
-    """`url` with a wildcard bind address replaced by loopback, so a client can connect."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    host, _, port = rest.rstrip("/").rpartition(":")
-    host = _WILDCARD_HOSTS.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
 
 
 def healthy_replicas(status: Mapping[str, Any] | None) -> dict[str, str]:

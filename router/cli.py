@@ -23,9 +23,10 @@ from typing import Any
 
 import aiohttp
 
+from common.addresses import reachable_url
 from common.config import ClusterConfig, ConfigError, dump_config, load_config
 from router._control import LauncherInfo, control_request, find_launcher, running_launchers
-from router._launcher_text import format_status, reachable_url
+from router._launcher_text import format_status
 
 __all__ = ["default_config_path", "main"]
 

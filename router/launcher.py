@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
 from router._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
@@ -37,7 +38,7 @@ from router._launcher_plan import (
     changed_keys,
     plan_reconcile,
 )
-from router._launcher_text import banner, reachable_url
+from router._launcher_text import banner
 from router._replica_set import Generation, ReplicaSet
 from router._supervisor import ExitInfo, Supervised, log
 

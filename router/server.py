@@ -21,11 +21,19 @@ from multidict import CIMultiDict
 
 from common.auth import authorization_value, is_authorized
 from common.config import ClusterConfig
+from common.errors import error_response
 from common.headers import COLD_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
-from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
+from common.wire import (
+    CHANNEL_PATH,
+    MAX_FRAME_BYTES,
+    REPORT_PATH,
+    WireError,
+    decode_snapshot,
+    encode_error,
+)
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
-from router._http import error_response, request_head, request_headers, response_headers
+from router._http import request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 from router.policy import ModelplexPolicy, Prefetch
@@ -81,8 +89,8 @@ class RouterServer:
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
-        app.router.add_get("/-/replicas/channel", self._channel)
-        app.router.add_post("/-/replicas/report", self._report)
+        app.router.add_get(CHANNEL_PATH, self._channel)
+        app.router.add_post(REPORT_PATH, self._report)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._start)
         app.on_shutdown.append(self._close_channels)

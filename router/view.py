@@ -20,12 +20,11 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 from common.wire import ReplicaSnapshot
 from router.demand import Demand
 
 __all__ = ["ClusterView", "ModelCopy", "ReplicaStatus", "ReplicaView", "ReportOutcome"]
-
-UNLIMITED = -1
 
 
 class ReplicaStatus(enum.Enum):

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+
 from cluster_harness import ROOT, Process, wait_for
 
 MODEL = "serve_multiplexed_model_id"

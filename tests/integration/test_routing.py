@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+
 from cluster_harness import Cluster, wait_for
 
 MODEL = "serve_multiplexed_model_id"

@@ -9,6 +9,8 @@ import pytest
 from replica import ModelSlotTimeout, request_context
 from replica._cache import UNLIMITED, CacheClosed, CacheEvent, CacheEventKind, ModelCache
 
+from polling import until
+
 
 class Model:
     def __init__(self, model_id: str) -> None:
@@ -34,13 +36,6 @@ class Loader:
 
 def resident(cache: ModelCache[Model]) -> list[str]:
     return [m.model_id for m in cache.state().models]
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
 
 
 async def test_lru_walk_at_capacity_two() -> None:

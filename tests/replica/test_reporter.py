@@ -10,11 +10,10 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.auth import is_authorized
-from common.wire import ReplicaSnapshot, WireError, decode_snapshot, encode_error
+from common.wire import CHANNEL_PATH, ReplicaSnapshot, WireError, decode_snapshot, encode_error
 from replica import get_multiplexed_model_id, multiplexed
 from replica._cache import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
-from replica._reporter import CHANNEL_PATH
 from replica._runtime import runtime
 from replica._snapshot import (
     build_snapshot,
@@ -23,6 +22,8 @@ from replica._snapshot import (
     mean_load_ms,
 )
 from replica.server import ReplicaServer
+
+from polling import until
 
 SECRET = "test-secret"
 MODEL = "serve_multiplexed_model_id"
@@ -113,13 +114,6 @@ class FakeRouter:
     @property
     def last(self) -> ReplicaSnapshot:
         return self.snapshots[-1]
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.002)
 
 
 @dataclass

@@ -22,6 +22,8 @@ from replica._cli import run_replica
 from replica._runtime import runtime
 from replica.server import ReplicaServer
 
+from polling import until
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "serve_multiplexed_model_id"
 
@@ -103,13 +105,6 @@ class Replica:
 
 
 StartReplica = Callable[..., Awaitable[Replica]]
-
-
-async def until(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture
@@ -513,7 +508,7 @@ def test_the_cli_refuses_to_start_with_a_clear_message(
 
 def test_json_body_shape_is_stable() -> None:
     """The error shape the router and clients parse."""
-    from replica._respond import error_response
+    from common.errors import error_response
 
     body = error_response(503, "draining", "bye").body
     assert isinstance(body, bytes)

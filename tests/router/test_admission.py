@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from functools import partial
 
 import pytest
-import reports
 
 from common.wire import ReplicaSnapshot
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
 from router.policy import AffinityPolicy
 from router.view import ClusterView
+
+import reports
+from polling import until
 
 LONG_S = 5.0
 
@@ -35,14 +36,6 @@ def admission(*reports: ReplicaSnapshot, max_queued: int = 10) -> Admission:
     for report in reports:
         view.apply_report(report, clock.now)
     return Admission(view, AffinityPolicy(), clock=clock, max_queued=max_queued)
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, "condition not reached before the deadline"
-        await asyncio.sleep(0.001)
 
 
 def in_flight(gate: Admission, replica_id: str) -> int:
@@ -96,11 +89,11 @@ async def test_queued_requests_are_admitted_in_arrival_order_as_capacity_frees()
     waiting = []
     for _ in range(3):
         waiting.append(asyncio.create_task(gate.admit("m", LONG_S)))
-        await eventually(lambda: gate.queued == len(waiting))
+        await until(lambda: gate.queued == len(waiting))
     for task in waiting:
         assert not task.done()
         gate.release(running, "m")
-        await eventually(task.done)
+        await until(task.done)
         running = task.result()
         assert running.replica_id == "r1"
         assert in_flight(gate, "r1") == 1
@@ -112,26 +105,26 @@ async def test_a_new_request_joins_the_back_of_a_non_empty_queue() -> None:
     gate = admission(snapshot("r1", max_ongoing_requests=1))
     running = await gate.admit("m", LONG_S)
     first = asyncio.create_task(gate.admit("m", LONG_S))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     second = asyncio.create_task(gate.admit("m", LONG_S))
-    await eventually(lambda: gate.queued == 2)
+    await until(lambda: gate.queued == 2)
     gate.release(running, "m")
-    await eventually(first.done)
+    await until(first.done)
     assert not second.done()
     gate.release(first.result(), "m")
-    await eventually(second.done)
+    await until(second.done)
 
 
 async def test_a_request_waiting_for_a_busy_model_does_not_hold_up_others() -> None:
     gate = admission(snapshot("r1", ["m"]), snapshot("r2", ["x"]))
     running = await gate.admit("m", LONG_S)
     blocked = asyncio.create_task(gate.admit("m", LONG_S))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     other = await gate.admit("y", LONG_S)
     assert other.replica_id == "r2"
     assert not blocked.done()
     gate.release(running, "m")
-    await eventually(blocked.done)
+    await until(blocked.done)
     assert blocked.result().replica_id == "r1"
     assert blocked.result().cold is False
 
@@ -140,10 +133,10 @@ async def test_a_replica_joining_admits_queued_requests_when_offered() -> None:
     gate = admission(snapshot("r1", max_ongoing_requests=1))
     await gate.admit("m", LONG_S)
     waiting = asyncio.create_task(gate.admit("n", LONG_S))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     gate.view.apply_report(snapshot("r2"), gate.clock())
     gate.offer()
-    await eventually(waiting.done)
+    await until(waiting.done)
     assert waiting.result().replica_id == "r2"
 
 
@@ -151,7 +144,7 @@ async def test_beyond_max_queued_a_request_is_refused_at_once() -> None:
     gate = admission(snapshot("r1", max_ongoing_requests=1), max_queued=2)
     await gate.admit("m", LONG_S)
     waiting = [asyncio.create_task(gate.admit("m", LONG_S)) for _ in range(2)]
-    await eventually(lambda: gate.queued == 2)
+    await until(lambda: gate.queued == 2)
     with pytest.raises(QueueFull):
         await gate.admit("m", LONG_S)
     with pytest.raises(QueueFull):
@@ -188,7 +181,7 @@ async def test_a_cancelled_waiter_is_never_admitted() -> None:
     gate = admission(snapshot("r1", max_ongoing_requests=1))
     running = await gate.admit("m", LONG_S)
     waiting = asyncio.create_task(gate.admit("m", LONG_S))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -201,7 +194,7 @@ async def test_a_waiter_cancelled_as_it_is_admitted_does_not_leak_its_slot() -> 
     gate = admission(snapshot("r1", max_ongoing_requests=1))
     running = await gate.admit("m", LONG_S)
     waiting = asyncio.create_task(gate.admit("m", LONG_S))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     gate.release(running, "m")
     waiting.cancel()
     try:
@@ -240,7 +233,7 @@ async def test_a_queued_request_is_rejected_when_every_replica_goes_down() -> No
     gate = admission(snapshot("r1", max_ongoing_requests=1))
     await gate.admit("m", LONG_S)
     waiting = asyncio.create_task(gate.admit("m", 0.5))
-    await eventually(lambda: gate.queued == 1)
+    await until(lambda: gate.queued == 1)
     gate.view.mark_down("r1")
     gate.offer()
     with pytest.raises(NoReplica):

@@ -19,11 +19,12 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from reports import NOW, busy, cluster, snapshot
 
 from router.admission import Actions, AdmissionQueue, Admitted, Refusal
 from router.policy import Decision, ModelplexPolicy, Prefetch, Route, Wait
 from router.view import ClusterView
+
+from reports import NOW, busy, cluster, snapshot
 
 
 def queue_over(view: ClusterView, *, max_queued: int = 10) -> AdmissionQueue[int]:

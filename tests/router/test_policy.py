@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reports import NOW, busy, cluster, routed_to, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.policy import WAIT, AffinityPolicy, Reject, Route, Wait
 from router.view import UNLIMITED, ClusterView
+
+from reports import NOW, busy, cluster, routed_to, snapshot
 
 
 def choose(view: ClusterView, model_id: str) -> Route | Wait | Reject:

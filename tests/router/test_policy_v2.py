@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reports import NOW, busy, cluster, routed_to, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.admission import AdmissionQueue, Refusal
 from router.demand import Demand
 from router.policy import WAIT, ModelplexPolicy, Prefetch, Reject, Route, Wait
 from router.view import UNLIMITED, ClusterView, ReplicaView
+
+from reports import NOW, busy, cluster, routed_to, snapshot
 
 Decision = Route | Wait | Reject
 

@@ -23,6 +23,8 @@ from common.headers import REPLICA_HEADER
 from router._http import request_head, response_headers
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 
+from polling import until
+
 HOST = "127.0.0.1"
 DEADLINE_S = 5.0
 LARGE = random.Random(0).randbytes(5 * 1024 * 1024)  # well over the client's 1 MiB high water
@@ -36,15 +38,6 @@ OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 def head(method: str, path: str, port: int, body: object = None) -> bytes:
     return request_head(method, path, CIMultiDict(), body, f"{HOST}:{port}")
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.005)
 
 
 async def wait_for(event: asyncio.Event) -> None:

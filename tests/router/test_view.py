@@ -8,10 +8,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from reports import NOW, cluster, snapshot
 
 from common.wire import ReplicaSnapshot
 from router.view import ClusterView, ReplicaStatus, ReportOutcome
+
+from reports import NOW, cluster, snapshot
 
 
 def expected_index(view: ClusterView) -> dict[str, set[str]]:

@@ -1,0 +1,28 @@
+"""How a bind address becomes an address a client can connect to.
+
+A server bound to a wildcard (`0.0.0.0`, `::`, or an empty host) is reached on loopback from the
+same machine; an IPv6 literal is bracketed in a URL. One table, so the launcher, the replica and
+the tools agree on what `::` means.
+"""
+
+from __future__ import annotations
+
+__all__ = ["connect_host", "reachable_url"]
+
+_WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def connect_host(bind_host: str) -> str:
+    """The URL host for a server bound to `bind_host`: loopback for a wildcard, IPv6 bracketed."""
+    host = bind_host.removeprefix("[").removesuffix("]")
+    host = _WILDCARD_TO_LOOPBACK.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def reachable_url(url: str) -> str:
+    """`url` (`scheme://host:port`) with a wildcard host replaced by loopback."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host, _, port = rest.rstrip("/").rpartition(":")
+    return f"{scheme}://{connect_host(host)}:{port}"
