@@ -9,20 +9,16 @@ line, `modelplex replica {replica_id} listening on {url}`, which the launcher wa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-from aiohttp import web
 
 from common.addresses import connect_host
 from common.auth import load_secret
 from common.config import ConfigError, DeploymentConfig, load_config
 from common.loop import event_loop_runner
+from common.serving import CannotListen, listening, until_signal
 from replica._deployment import DeploymentError, build_deployment, import_deployment
 from replica._runtime import runtime
 from replica.server import ReplicaServer
@@ -146,36 +142,26 @@ async def _serve(
         heartbeat_interval_s=config.heartbeat_interval_s,
         graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
     )
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
     try:
-        return await _listen_and_wait(server, runner, host, port, advertise_url)
-    finally:
-        await runner.cleanup()
-
-
-async def _listen_and_wait(
-    server: ReplicaServer, runner: web.AppRunner, host: str, port: int, advertise_url: str | None
-) -> int:
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as error:
+        async with listening(server.app, host, port, shutdown_timeout_s=1.0) as bound:
+            return await _report_and_wait(
+                server, advertise_url or f"http://{connect_host(host)}:{bound}"
+            )
+    except CannotListen as error:
         print(f"{_PROG}: cannot listen on {host}:{port}: {error}", file=sys.stderr, flush=True)
         return 1
-    bound: Any = runner.addresses[0]
-    url = advertise_url or f"http://{connect_host(host)}:{bound[1]}"
+
+
+async def _report_and_wait(server: ReplicaServer, url: str) -> int:
+    """Report as `url` until a stop signal, then drain; the process exit status."""
     try:
         await server.start(url)
     except ValueError as error:
         print(f"{_PROG}: cannot report as {server.replica_id!r}: {error}", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(f"modelplex replica {server.replica_id} listening on {url}", flush=True)
-    await stop.wait()
+    await until_signal(
+        armed=lambda: print(f"modelplex replica {server.replica_id} listening on {url}", flush=True)
+    )
     logger.info("replica %s got a stop signal", server.replica_id)
     await server.drain()
     return 0

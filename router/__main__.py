@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
-
-from aiohttp import web
 
 from common.auth import load_secret
 from common.config import ConfigError, load_config
 from common.loop import event_loop_runner
+from common.serving import CannotListen, listening, until_signal
 from router.server import RouterServer
 
 __all__ = ["main"]
@@ -30,22 +27,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _serve(server: RouterServer, host: str, port: int) -> None:
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, backlog=2048).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1] if runner.addresses else port
-    server.url = f"http://{host}:{bound}"
-    print(f"modelplex router listening on {server.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    async with listening(server.app(), host, port, backlog=2048) as bound:
+        server.url = f"http://{host}:{bound}"
+        await until_signal(
+            armed=lambda: print(f"modelplex router listening on {server.url}", flush=True)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with event_loop_runner() as runner:
             runner.run(_serve(server, host, port))
-    except OSError as exc:
+    except CannotListen as exc:
         print(f"modelplex router: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -40,6 +40,8 @@ from aiohttp import web
 
 from common.auth import authorization_value, generate_secret, is_authorized
 from common.config import ClusterConfig, ConfigError, dump_config, parse_config
+from common.errors import error_response
+from common.serving import listening
 
 __all__ = [
     "ControlServer",
@@ -257,10 +259,6 @@ async def control_request(
         return response.status, data if isinstance(data, dict) else {}
 
 
-def _error(status: int, code: str, message: str, **extra: object) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
-
-
 class ControlServer:
     """The launcher's control port: translates HTTP to `apply` and `state` calls and back."""
 
@@ -269,43 +267,40 @@ class ControlServer:
         self.url = ""
         self._apply = apply
         self._state = state
-        self._runner: web.AppRunner | None = None
+        self._serving = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._auth])
         app.router.add_post("/apply", self._handle_apply)
         app.router.add_get("/state", self._handle_state)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        port = await self._serving.enter_async_context(listening(app, "127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._serving.aclose()
 
     @web.middleware
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if not is_authorized(request.headers.get("Authorization"), self.token):
-            return _error(401, "unauthorized", "the launcher's control token is required")
+            return error_response(401, "unauthorized", "the launcher's control token is required")
         return await handler(request)
 
     async def _handle_apply(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except ValueError:
-            return _error(400, "bad_request", "the body must be JSON")
+            return error_response(400, "bad_request", "the body must be JSON")
         if not isinstance(body, dict) or "config" not in body:
-            return _error(400, "bad_request", 'the body must be {"config": ..., "source": ...}')
+            return error_response(
+                400, "bad_request", 'the body must be {"config": ..., "source": ...}'
+            )
         source = body.get("source")
         try:
             config = parse_config(body["config"], source=str(source or "<apply>"))
         except ConfigError as err:
-            return _error(400, "invalid_config", str(err), key=err.key)
+            return error_response(400, "invalid_config", str(err), key=err.key)
         return web.json_response(await self._apply(config))
 
     async def _handle_state(self, request: web.Request) -> web.Response:
