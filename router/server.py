@@ -37,7 +37,7 @@ from router._http import request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 from router.policy import ModelplexPolicy, Prefetch
-from router.view import ClusterView, ReportOutcome
+from router.view import ChannelClosed, ClusterView, ReportOutcome
 
 __all__ = ["RouterServer"]
 
@@ -45,7 +45,6 @@ logger = logging.getLogger("modelplex.router")
 
 _MAX_ATTEMPTS = 4
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
-_FORGET_AFTER_S = 60.0
 
 
 @functools.cache
@@ -130,9 +129,8 @@ class RouterServer:
             now = self.clock()
             for replica_id in self.view.expire(now, deployment.heartbeat_timeout_s):
                 logger.warning("replica %s sent no report in time; not routing to it", replica_id)
-            for replica in list(self.view):
-                if not replica.routable and now - replica.last_report_at > _FORGET_AFTER_S:
-                    self.view.forget(replica.replica_id)
+            for replica_id in self.view.forget_departed(now):
+                logger.info("replica %s forgotten: out of routing and silent", replica_id)
             self.admission.offer()
 
     # -- the request path ------------------------------------------------------------------
@@ -352,7 +350,7 @@ class RouterServer:
                     await self._reject(ws, str(exc))
                     continue
                 if sender is not None and sender[0] != replica_id:
-                    self.view.mark_down(*sender)
+                    self.view.superseded(*sender)
                 sender = (replica_id, incarnation)
         finally:
             self._channels.discard(ws)
@@ -361,15 +359,11 @@ class RouterServer:
         return ws
 
     def _channel_closed(self, replica_id: str, incarnation: str) -> None:
-        replica = self.view.replicas.get(replica_id)
-        if replica is None or replica.incarnation != incarnation:
-            return
-        if replica.draining and replica.in_flight == 0:
+        outcome = self.view.channel_closed(replica_id, incarnation)
+        if outcome is ChannelClosed.LEFT:
             logger.info("replica %s drained and left", replica_id)
-            self.view.forget(replica_id)
-        else:
+        elif outcome is ChannelClosed.DOWN:
             logger.info("replica %s disconnected; not routing to it", replica_id)
-            self.view.mark_down(replica_id, incarnation)
         self.admission.offer()
 
     async def _reject(self, ws: web.WebSocketResponse, message: str) -> None:

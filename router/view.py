@@ -2,8 +2,12 @@
 
 Pure and synchronous: time is passed in, nothing here awaits or reads a clock. The view
 changes only through a few methods — a report arrived (`apply_report`), a request was
-dispatched (`dispatch`) or finished (`finish`), a replica failed (`mark_down`) or went quiet
-(`expire`) — and keeps these invariants:
+dispatched (`dispatch`) or finished (`finish`) — and one method for every way a replica leaves
+routing or the view: a connection to it was refused or it failed (`mark_down`), its report
+channel closed (`channel_closed`) or began carrying another replica's reports (`superseded`),
+it went quiet (`expire`), it stayed out long enough to be dropped (`forget_departed`) or left
+(`forget`). A report from it brings it back. The HTTP glue calls these and decides nothing.
+The view keeps these invariants:
 
 - `holders[m]` is exactly the set of replica ids whose `models` contain m (the index never
   disagrees with the replicas; property-tested);
@@ -24,7 +28,18 @@ from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 from common.wire import ReplicaSnapshot
 from router.demand import Demand
 
-__all__ = ["ClusterView", "ModelCopy", "ReplicaStatus", "ReplicaView", "ReportOutcome"]
+__all__ = [
+    "ChannelClosed",
+    "ClusterView",
+    "ModelCopy",
+    "ReplicaStatus",
+    "ReplicaView",
+    "ReportOutcome",
+]
+
+
+DEPARTED_KEPT_S = 60.0
+"""How long a replica out of routing stays in the view (and `/-/status`) without reporting."""
 
 
 class ReplicaStatus(enum.Enum):
@@ -32,6 +47,14 @@ class ReplicaStatus(enum.Enum):
     DRAINING = "draining"
     STALE = "stale"  # no report within the heartbeat timeout
     DOWN = "down"  # its channel closed or a connection was refused
+
+
+class ChannelClosed(enum.Enum):
+    """What a replica's closed report channel meant."""
+
+    LEFT = "left"  # it was draining with nothing of ours in flight: forgotten
+    DOWN = "down"  # anything else: out of routing until it reports again
+    STALE_NEWS = "stale_news"  # unknown, or a newer incarnation already reports: nothing changes
 
 
 class ReportOutcome(enum.Enum):
@@ -322,6 +345,26 @@ class ClusterView:
         self._set_models(replica, {})
         return True
 
+    def channel_closed(self, replica_id: str, incarnation: str) -> ChannelClosed:
+        """The channel that carried this incarnation's reports closed.
+
+        A draining replica whose requests from us are done has left: it is forgotten. Otherwise
+        it crashed, restarts, or lost the network: out of routing until it reports again.
+        """
+        replica = self.replicas.get(replica_id)
+        if replica is None or replica.incarnation != incarnation:
+            return ChannelClosed.STALE_NEWS
+        if replica.draining and replica.in_flight == 0:
+            self.forget(replica_id)
+            return ChannelClosed.LEFT
+        self.mark_down(replica_id, incarnation)
+        return ChannelClosed.DOWN
+
+    def superseded(self, replica_id: str, incarnation: str) -> bool:
+        """The channel that carried this incarnation's reports now carries another replica's:
+        the process behind it is no longer that replica, so route to it no more."""
+        return self.mark_down(replica_id, incarnation)
+
     def expire(self, now: float, timeout_s: float) -> list[str]:
         """Mark replicas with no report for `timeout_s` stale; return the newly stale ids."""
         self.version += 1
@@ -333,7 +376,22 @@ class ClusterView:
                 newly.append(replica.replica_id)
         return newly
 
+    def forget_departed(self, now: float, after_s: float = DEPARTED_KEPT_S) -> list[str]:
+        """Forget replicas out of routing with no report for `after_s`; return their ids.
+
+        Their last view is kept that long so `/-/status` can show what went away.
+        """
+        gone = [
+            replica.replica_id
+            for replica in self.replicas.values()
+            if not replica.routable and now - replica.last_report_at > after_s
+        ]
+        for replica_id in gone:
+            self.forget(replica_id)
+        return gone
+
     def forget(self, replica_id: str) -> None:
+        """Drop a replica from the view (it left); a report from it adds it again."""
         self.version += 1
         replica = self.replicas.pop(replica_id, None)
         if replica is not None:

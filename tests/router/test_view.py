@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from common.wire import ReplicaSnapshot
-from router.view import ClusterView, ReplicaStatus, ReportOutcome
+from router.view import ChannelClosed, ClusterView, ReplicaStatus, ReportOutcome
 
 from reports import NOW, cluster, snapshot
 
@@ -359,6 +359,63 @@ def test_expire_marks_quiet_replicas_stale_once_and_a_report_clears_it() -> None
     assert view.expire(now=11.0, timeout_s=5.0) == ["r2"]
 
 
+def test_a_closed_channel_of_a_drained_replica_means_it_left() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], draining=True), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=0.0)
+    assert view.channel_closed("r1", "inc-1") is ChannelClosed.LEFT
+    assert "r1" not in view.replicas
+    assert view.holders == {"a": {"r2"}}
+
+
+def test_a_closed_channel_with_our_requests_in_flight_or_no_drain_means_down() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], draining=True), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=0.0)
+    view.dispatch("r1", "a", now=0.5)  # in flight while it drains: not gone until answered
+    assert view.channel_closed("r1", "inc-1") is ChannelClosed.DOWN
+    assert view.channel_closed("r2", "inc-1") is ChannelClosed.DOWN
+    assert view.replicas["r1"].status is ReplicaStatus.DOWN
+    assert view.replicas["r2"].status is ReplicaStatus.DOWN
+    assert view.holders == {}
+
+
+def test_a_closed_channel_of_an_old_incarnation_or_unknown_replica_changes_nothing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], incarnation="old"), now=0.0)
+    view.apply_report(snapshot("r1", ["b"], incarnation="new"), now=1.0)
+    version = view.version
+    assert view.channel_closed("r1", "old") is ChannelClosed.STALE_NEWS
+    assert view.channel_closed("nobody", "x") is ChannelClosed.STALE_NEWS
+    assert view.version == version
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+
+
+def test_a_superseded_sender_is_taken_out_of_routing_but_not_its_successor() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], incarnation="one"), now=0.0)
+    assert view.superseded("r1", "one") is True
+    assert view.replicas["r1"].status is ReplicaStatus.DOWN
+    view.apply_report(snapshot("r1", ["a"], incarnation="two"), now=1.0)
+    assert view.superseded("r1", "one") is False
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+
+
+def test_forget_departed_drops_only_replicas_out_of_routing_for_long_enough() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("down", ["a"]), now=0.0)
+    view.apply_report(snapshot("stale", ["b"]), now=0.0)
+    view.apply_report(snapshot("quiet-but-healthy", ["c"]), now=0.0)
+    view.apply_report(snapshot("recent", ["d"]), now=50.0)
+    view.mark_down("down")
+    view.mark_down("recent")
+    view.replicas["stale"].stale = True
+    assert view.forget_departed(now=60.0, after_s=60.0) == []
+    assert sorted(view.forget_departed(now=61.0, after_s=60.0)) == ["down", "stale"]
+    assert sorted(view.replicas) == ["quiet-but-healthy", "recent"]
+    assert view.holders == {"c": {"quiet-but-healthy"}}
+
+
 def test_forget_removes_the_replica_and_its_index_entries() -> None:
     view = ClusterView()
     view.apply_report(snapshot("r1", ["a", "b"]), now=0.0)
@@ -528,6 +585,39 @@ class ViewMachine(RuleBasedStateMachine):
             assert (replica.replica_id in newly) is should_be_new
             if replica.replica_id in newly:
                 assert replica.status is ReplicaStatus.STALE
+
+    @rule(rid=st.sampled_from(REPLICA_IDS), incarnation=st.sampled_from(INCARNATIONS))
+    def channel_closed(self, rid: str, incarnation: str) -> None:
+        replica = self.view.replicas.get(rid)
+        current = replica is not None and replica.incarnation == incarnation
+        left = current and replica is not None and replica.draining and replica.in_flight == 0
+        outcome = self.view.channel_closed(rid, incarnation)
+        if not current:
+            assert outcome is ChannelClosed.STALE_NEWS
+        elif left:
+            assert outcome is ChannelClosed.LEFT
+            assert rid not in self.view.replicas
+            self.known.pop(rid, None)
+            self.replica_in_flight.pop(rid, None)
+            self._forget_models_of(rid)
+        else:
+            assert outcome is ChannelClosed.DOWN
+            assert self.view.replicas[rid].status is ReplicaStatus.DOWN
+            self._forget_models_of(rid)
+
+    @rule(after_s=st.floats(0.0, 6.0))
+    def forget_departed(self, after_s: float) -> None:
+        expected = {
+            r.replica_id
+            for r in self.view
+            if not r.routable and self.now - r.last_report_at > after_s
+        }
+        assert set(self.view.forget_departed(self.now, after_s)) == expected
+        for rid in expected:
+            assert rid not in self.view.replicas
+            self.known.pop(rid, None)
+            self.replica_in_flight.pop(rid, None)
+            self._forget_models_of(rid)
 
     @rule(rid=st.sampled_from(REPLICA_IDS))
     def forget(self, rid: str) -> None:
