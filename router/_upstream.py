@@ -7,9 +7,13 @@ This one writes the request line and headers it is given, parses the answer with
 it arrives.
 
 Rules it keeps:
-- a connection carries one request at a time and goes back to the pool only after its answer
-  was read to the end with keep-alive allowed; anything else (an error, a cancelled request, a
-  HEAD answer, `Connection: close`) closes it;
+- a connection carries one request at a time, through the states of `Exchange`: IDLE →
+  AWAITING_HEAD (the request is going out; interim 1xx answers are skipped) → RECEIVING (the
+  final head is in, the body arrives) → COMPLETE, or FAILED from either of the middle two;
+  `finish` returns it to IDLE;
+- it goes back to the pool only after its answer was read to the end (COMPLETE) with keep-alive
+  allowed; anything else (an error, a cancelled request, a HEAD answer, `Connection: close`, a
+  request body cut short) closes it;
 - `ConnectFailed` means nothing reached the replica (safe to send elsewhere); `UpstreamBroken`
   means the connection failed once the request was on its way.
 """
@@ -17,16 +21,30 @@ Rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import cast
 
 import httptools
 
-__all__ = ["ConnectFailed", "UpstreamBroken", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["ConnectFailed", "Exchange", "UpstreamBroken", "UpstreamPool", "UpstreamResponse"]
 
 _HIGH_WATER = 1 << 20  # bytes of answer buffered before the replica is told to wait
 _EOF = b""
+
+
+class Exchange(enum.Enum):
+    """Where a connection is in its current request/answer exchange."""
+
+    IDLE = "idle"  # no request: fresh, or back in the pool
+    AWAITING_HEAD = "awaiting_head"  # the request is on its way; no final head yet
+    RECEIVING = "receiving"  # the final head is in; the body arrives
+    COMPLETE = "complete"  # the answer ended (its last chunks may still be unread)
+    FAILED = "failed"  # the connection broke or sent garbage before the answer ended
+
+
+_IN_EXCHANGE = (Exchange.AWAITING_HEAD, Exchange.RECEIVING)
 
 
 class ConnectFailed(OSError):
@@ -81,14 +99,12 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._complete = False
-        self._error: Exception | None = None
-        self._reading_paused = False
-        self._head = False
-        self._keep_alive = False
-        self._interim = False
-        self._body_cut = False
-        self.closed = False
+        self.exchange = Exchange.IDLE
+        self._error: Exception | None = None  # why the exchange FAILED
+        self._bodiless = False  # a HEAD request: the answer's head is all there is
+        self._reusable = False  # the answer allows another request on this connection
+        self._reading_paused = False  # flow control: too much body buffered, unread
+        self.closed = False  # the transport is closed or closing
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -107,18 +123,15 @@ class _Connection(asyncio.Protocol):
         response = self._response
         if (
             exc is None
-            and not self._complete
+            and self.exchange is Exchange.RECEIVING
             and response is not None
-            and self._headers_ready is not None
-            and self._headers_ready.done()
             and response.content_length is None
             and not response.chunked
         ):
-            self._complete = True  # an answer delimited by the end of the connection
+            self.exchange = Exchange.COMPLETE  # an answer delimited by the end of the connection
             self._wake_data()
-        if not self._complete:
-            reason = f": {exc}" if exc else ""
-            self._fail(UpstreamBroken(f"the replica closed the connection{reason}"))
+        reason = f": {exc}" if exc else ""
+        self._fail(UpstreamBroken(f"the replica closed the connection{reason}"))
         self._wake_drain()
 
     def pause_writing(self) -> None:
@@ -140,20 +153,20 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             response.headers.clear()  # an interim answer (RFC 9110 §15.2): the final one follows
-            self._interim = True
             return
         response.status = status
-        self._keep_alive = self._parser.should_keep_alive()  # only valid until the message ends
+        self._reusable = self._parser.should_keep_alive()  # only valid until the message ends
+        self.exchange = Exchange.RECEIVING
         for name, value in response.headers:
             lowered = name.lower()
             if lowered == b"content-length":
                 response.content_length = int(value)
             elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
                 response.chunked = True
-        if self._head or response.status in (204, 304, 101):
+        if self._bodiless or response.status in (204, 304, 101):
             response.content_length = 0
-            self._complete = True  # no body follows; the parser cannot know that for HEAD
-            self._head = True  # never reuse: the parser may still expect a body
+            self.exchange = Exchange.COMPLETE  # no body follows; the parser cannot know for HEAD
+            self._reusable = False  # the parser may still expect a body
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_result(None)
 
@@ -166,11 +179,9 @@ class _Connection(asyncio.Protocol):
         self._wake_data()
 
     def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-            return
-        self._complete = True
-        self._wake_data()
+        if self.exchange is Exchange.RECEIVING:  # else an interim answer ended
+            self.exchange = Exchange.COMPLETE
+            self._wake_data()
 
     # -- the request -----------------------------------------------------------------------
 
@@ -181,7 +192,8 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         self._response = UpstreamResponse(self)
         self._headers_ready = loop.create_future()
-        self._head = head.startswith(b"HEAD ")
+        self.exchange = Exchange.AWAITING_HEAD
+        self._bodiless = head.startswith(b"HEAD ")
         transport = self.transport
         if body is None or isinstance(body, bytes):
             transport.write(head + body if body else head)
@@ -190,7 +202,7 @@ class _Connection(asyncio.Protocol):
             ready = self._headers_ready
             async for chunk in body:
                 if ready.done():  # the replica answered early (e.g. 413): stop sending
-                    self._body_cut = True
+                    self._reusable = False  # the replica would read the rest as a request
                     break
                 if chunk:
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
@@ -198,12 +210,12 @@ class _Connection(asyncio.Protocol):
             else:
                 transport.write(b"0\r\n\r\n")
         await self._headers_ready
-        if self._error is not None:
+        if self.exchange is Exchange.FAILED and self._error is not None:
             raise self._error
         return self._response
 
     async def _drain(self) -> None:
-        if self.closed and not (self._headers_ready and self._headers_ready.done()):
+        if self.closed and self.exchange is Exchange.AWAITING_HEAD:
             raise self._error or UpstreamBroken("the replica closed the connection")
         if self._drain_waiter is not None and not self.closed:
             await self._drain_waiter
@@ -218,27 +230,24 @@ class _Connection(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.resume_reading()
                 return chunk
-            if self._complete:
+            if self.exchange is Exchange.COMPLETE:
                 return _EOF
-            if self._error is not None:
+            if self.exchange is Exchange.FAILED and self._error is not None:
                 raise self._error
             self._data_waiter = asyncio.get_running_loop().create_future()
             await self._data_waiter
 
     def finish(self) -> None:
         reusable = (
-            self._complete
+            self.exchange is Exchange.COMPLETE
+            and self._reusable
             and not self._chunks
-            and not self._head
             and not self.closed
-            and self._keep_alive
-            and not self._body_cut
         )
         self._response = None
         self._headers_ready = None
-        self._complete = False
-        self._keep_alive = False
-        self._body_cut = False
+        self.exchange = Exchange.IDLE
+        self._reusable = False
         self._error = None
         if reusable:
             self._parser = httptools.HttpResponseParser(self)
@@ -252,6 +261,10 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
     def _fail(self, error: Exception) -> None:
+        """End the exchange in progress with `error`; a complete answer stays complete."""
+        if self.exchange not in _IN_EXCHANGE:
+            return
+        self.exchange = Exchange.FAILED
         self._error = error
         if self._headers_ready is not None and not self._headers_ready.done():
             self._headers_ready.set_exception(error)

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from common.headers import REPLICA_HEADER
 from router._http import request_head, response_headers
-from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
+from router._upstream import ConnectFailed, Exchange, UpstreamBroken, UpstreamPool, UpstreamResponse
 
 from polling import until
 
@@ -509,6 +509,32 @@ async def test_an_interim_answer_is_skipped(
         assert await response.read() == b"ok"
     finally:
         response.release()
+
+
+async def test_a_connection_walks_the_exchange_states_and_garbage_after_an_answer_keeps_it(
+    pool: UpstreamPool, raw_replica: Callable[[RawHandler], Awaitable[RawReplica]]
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"!!" + b"not http at all\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    raw = await raw_replica(handler)
+    response = await pool.request(HOST, raw.port, head("GET", "/", raw.port), None)
+    connection = response._connection
+    try:
+        assert connection.exchange is Exchange.RECEIVING
+        assert await response.read() == b"ok!!"
+        assert connection.exchange is Exchange.COMPLETE
+        await until(lambda: connection.closed, "the garbage to close the connection")
+        assert connection.exchange is Exchange.COMPLETE  # the answer stays whole
+    finally:
+        response.release()
+    assert connection.exchange is Exchange.IDLE
 
 
 async def test_an_answer_framed_by_close_is_complete(
