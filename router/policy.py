@@ -376,8 +376,8 @@ class ModelplexPolicy:
 
         Evicting a model asked for more often than this one costs a load later; waiting costs
         this request time. It waits only while a cheaper model (in use or loading) is expected
-        to be free within one load time for it: one such slot per request already waiting for
-        a slot ahead of it, and never once it has waited a load time.
+        to free its slot within `_SLOT_WAIT_LOADS` load times of the request's arrival: one
+        such slot per request already waiting for a slot ahead of it, and never past that.
         """
         demand = view.demand
         if found.cheapest_busy is None or found.worth <= found.cheapest_busy:
