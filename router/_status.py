@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from common.status import (
+    ReplicaStatusDocument,
+    ResidentModelDocument,
+    RouterInfoDocument,
+    RouterStatusDocument,
+)
 
 if TYPE_CHECKING:
     from router.server import RouterServer
@@ -15,42 +22,40 @@ if TYPE_CHECKING:
 __all__ = ["metrics_text", "status_document"]
 
 
-def status_document(server: RouterServer, now: float) -> dict[str, Any]:
-    replicas = []
-    for replica in sorted(server.view, key=lambda r: _natural(r.replica_id)):
-        replicas.append(
-            {
-                "replica_id": replica.replica_id,
-                "url": replica.url,
-                "incarnation": replica.incarnation,
-                "state": replica.status.value,
-                "in_flight": replica.in_flight,
-                "reported_in_flight": replica.reported_in_flight,
-                "capacity": replica.capacity,
-                "max_ongoing_requests": replica.max_ongoing_requests,
-                "models": [
-                    {
-                        "model_id": copy.model_id,
-                        "idle_s": round(max(0.0, now - copy.last_used), 3),
-                        "in_use": copy.in_flight + copy.reported_in_use,
-                    }
-                    for copy in replica.lru_models()
-                    if not copy.loading
-                ],
-                "loading": [c.model_id for c in replica.models.values() if c.loading],
-                "last_report_age_s": round(now - replica.last_report_at, 3),
-                "load_ms_avg": replica.load_ms_avg,
-            }
+def status_document(server: RouterServer, now: float) -> RouterStatusDocument:
+    """`GET /-/status`: the router's counters and its view of every replica."""
+    replicas = [
+        ReplicaStatusDocument(
+            replica_id=replica.replica_id,
+            url=replica.url,
+            incarnation=replica.incarnation,
+            state=replica.status.value,
+            in_flight=replica.in_flight,
+            reported_in_flight=replica.reported_in_flight,
+            capacity=replica.capacity,
+            max_ongoing_requests=replica.max_ongoing_requests,
+            models=[
+                ResidentModelDocument(
+                    model_id=copy.model_id,
+                    idle_s=round(max(0.0, now - copy.last_used), 3),
+                    in_use=copy.in_flight + copy.reported_in_use,
+                )
+                for copy in replica.lru_models()
+                if not copy.loading
+            ],
+            loading=[c.model_id for c in replica.models.values() if c.loading],
+            last_report_age_s=round(now - replica.last_report_at, 3),
+            load_ms_avg=replica.load_ms_avg,
         )
-    return {
-        "router": {
-            "url": server.url,
-            "started_at": server.started_at,
-            "queued": server.admission.queued,
-            "counters": dict(sorted(server.counters.items())),
-        },
-        "replicas": replicas,
-    }
+        for replica in sorted(server.view, key=lambda r: _natural(r.replica_id))
+    ]
+    router = RouterInfoDocument(
+        url=server.url,
+        started_at=server.started_at,
+        queued=server.admission.queued,
+        counters=dict(sorted(server.counters.items())),
+    )
+    return RouterStatusDocument(router=router, replicas=replicas)
 
 
 def _natural(replica_id: str) -> tuple[str, int]:
