@@ -43,14 +43,11 @@ def write_charts(
         axes.set_ylabel("model loads")
         axes.set_xscale("log", base=2)
         axes.set_yscale("log")
-        axes.set_title("Loads vs cluster capacity")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
-        path = directory / "loads_vs_capacity.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+        written.append(
+            _finish(
+                plt, figure, axes, "Loads vs cluster capacity", directory / "loads_vs_capacity.png"
+            )
+        )
     if load is not None:
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for name, p99 in load["p99_ms"].items():
@@ -58,14 +55,9 @@ def write_charts(
         axes.set_xlabel(f"offered load: {load['axis']}")
         axes.set_ylabel("p99 latency (ms)")
         axes.set_yscale("log")
-        axes.set_title("p99 latency vs offered load")
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend()
-        path = directory / "p99_vs_load.png"
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        written.append(path)
+        written.append(
+            _finish(plt, figure, axes, "p99 latency vs offered load", directory / "p99_vs_load.png")
+        )
     return written
 
 
@@ -110,9 +102,16 @@ def write_frontier(path: Path, frontier: Frontier, *, title: str) -> Path:
     axes.yaxis.set_major_formatter(plain)
     axes.yaxis.set_minor_formatter(plain)
     axes.tick_params(axis="y", which="minor", labelsize="x-small")
+    return _finish(plt, figure, axes, title, path, legend_size="small")
+
+
+def _finish(
+    plt: Any, figure: Any, axes: Any, title: str, path: Path, *, legend_size: str = "medium"
+) -> Path:
+    """Title, grid and legend on `axes`; write `figure` to `path` and close it."""
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
+    axes.legend(fontsize=legend_size)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
