@@ -70,3 +70,19 @@ def busy(view: ClusterView, replica_id: str, requests: int, model_id: str = "") 
 def routed_to(decision: Route | Wait | Reject) -> tuple[str, str | None]:
     assert isinstance(decision, Route), decision
     return decision.replica.replica_id, decision.evict
+
+
+def check_route(decision: Route | Wait | Reject) -> None:
+    """What holds for every Route: a replica that can take it, and an eviction only of a
+    loaded model nobody uses, on a replica that has no free slot."""
+    if not isinstance(decision, Route):
+        return
+    replica = decision.replica
+    assert replica.routable
+    assert replica.has_room
+    if decision.evict is not None:
+        copy = replica.models[decision.evict]
+        assert copy.in_flight == 0
+        assert copy.reported_in_use == 0
+        assert not copy.loading
+        assert replica.free_slots <= 0

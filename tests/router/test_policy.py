@@ -1,4 +1,5 @@
-"""Placement: affinity first, free slots next, cluster-wide LRU eviction last."""
+"""Placement rules every policy keeps (`every_policy`), and the affinity baseline's own:
+affinity first, free slots next, cluster-wide LRU eviction last."""
 
 from __future__ import annotations
 
@@ -12,22 +13,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.wire import ReplicaSnapshot
-from router.policy import WAIT, AffinityPolicy, Reject, Route, Wait
+from router.policy import WAIT, AffinityPolicy, ModelplexPolicy, Reject, Route, Wait
 from router.view import UNLIMITED, ClusterView
 
-from reports import NOW, busy, cluster, routed_to, snapshot
+from reports import NOW, busy, check_route, cluster, routed_to, snapshot
+
+PolicyClass = type[AffinityPolicy] | type[ModelplexPolicy]
+
+every_policy = pytest.mark.parametrize(
+    "policy", [AffinityPolicy, ModelplexPolicy], ids=["affinity", "modelplex"]
+)
+"""The rules every placement policy keeps; the rest of this module is the affinity baseline's
+(policy v1), and `test_modelplex_policy.py` holds the router's own (v3)."""
 
 
-def choose(view: ClusterView, model_id: str) -> Route | Wait | Reject:
-    return AffinityPolicy().choose(view, model_id, NOW)
+def choose(
+    view: ClusterView, model_id: str, policy: PolicyClass = AffinityPolicy
+) -> Route | Wait | Reject:
+    return policy().choose(view, model_id, NOW)
 
 
 # -- affinity --------------------------------------------------------------------------------
 
 
-def test_a_holder_with_room_wins_over_a_free_slot() -> None:
+@every_policy
+def test_a_holder_with_room_wins_over_a_free_slot(policy: PolicyClass) -> None:
     view = cluster(snapshot("r1", ["a", "m"]), snapshot("r2"))
-    assert routed_to(choose(view, "m")) == ("r1", None)
+    assert routed_to(choose(view, "m", policy)) == ("r1", None)
 
 
 def test_a_replica_still_loading_the_model_counts_as_a_holder() -> None:
@@ -35,22 +47,24 @@ def test_a_replica_still_loading_the_model_counts_as_a_holder() -> None:
     assert routed_to(choose(view, "m")) == ("r1", None)
 
 
-def test_among_holders_the_one_with_the_fewest_in_flight_wins() -> None:
+@every_policy
+def test_among_holders_the_one_with_the_fewest_in_flight_wins(policy: PolicyClass) -> None:
     view = cluster(snapshot("r1", ["m"]), snapshot("r2", ["m"]), snapshot("r3", ["m"]))
     busy(view, "r1", 2, "m")
     busy(view, "r2", 1, "m")
-    assert routed_to(choose(view, "m")) == ("r3", None)
+    assert routed_to(choose(view, "m", policy)) == ("r3", None)
     busy(view, "r3", 3)
-    assert routed_to(choose(view, "m")) == ("r2", None)
+    assert routed_to(choose(view, "m", policy)) == ("r2", None)
 
 
-def test_a_holder_at_max_ongoing_is_skipped_for_another_holder() -> None:
+@every_policy
+def test_a_holder_at_max_ongoing_is_skipped_for_another_holder(policy: PolicyClass) -> None:
     view = cluster(
         snapshot("r1", ["m"], max_ongoing_requests=1), snapshot("r2", ["m"], max_ongoing_requests=5)
     )
     busy(view, "r1", 1)
     busy(view, "r2", 3)
-    assert routed_to(choose(view, "m")) == ("r2", None)
+    assert routed_to(choose(view, "m", policy)) == ("r2", None)
 
 
 def test_when_every_holder_is_busy_the_request_waits_instead_of_loading_again() -> None:
@@ -64,21 +78,23 @@ def test_when_every_holder_is_busy_the_request_waits_instead_of_loading_again() 
     assert choose(view, "m") is WAIT
 
 
-def test_holders_that_cannot_take_requests_do_not_count() -> None:
+@every_policy
+def test_holders_that_cannot_take_requests_do_not_count(policy: PolicyClass) -> None:
     view = cluster(snapshot("r1", ["m"], draining=True), snapshot("r2", ["a"]))
-    assert routed_to(choose(view, "m")) == ("r2", None)
+    assert routed_to(choose(view, "m", policy)) == ("r2", None)
 
 
 # -- placing a cold model --------------------------------------------------------------------
 
 
-def test_a_cold_model_goes_to_the_replica_with_the_fewest_models() -> None:
+@every_policy
+def test_a_cold_model_goes_to_the_replica_with_the_fewest_models(policy: PolicyClass) -> None:
     view = cluster(
         snapshot("r1", ["a", "b"], capacity=4),
         snapshot("r2", ["c"], capacity=4),
         snapshot("r3", ["d", "e", "f"], capacity=4),
     )
-    assert routed_to(choose(view, "m")) == ("r2", None)
+    assert routed_to(choose(view, "m", policy)) == ("r2", None)
 
 
 def test_equal_model_counts_are_broken_by_fewest_in_flight() -> None:
@@ -103,10 +119,11 @@ def test_a_free_slot_on_a_replica_without_room_is_not_used() -> None:
     assert routed_to(choose(view, "m")) == ("r2", None)
 
 
-def test_unlimited_capacity_always_has_a_free_slot() -> None:
+@every_policy
+def test_unlimited_capacity_always_has_a_free_slot(policy: PolicyClass) -> None:
     many = [f"x{n}" for n in range(50)]
     view = cluster(snapshot("r1", many, capacity=UNLIMITED), snapshot("r2", ["a"], capacity=1))
-    assert routed_to(choose(view, "m")) == ("r1", None)
+    assert routed_to(choose(view, "m", policy)) == ("r1", None)
 
 
 def test_without_a_free_slot_the_oldest_model_in_the_cluster_is_evicted() -> None:
@@ -295,22 +312,6 @@ def clusters(draw: st.DrawFn, *, allow_out_of_routing: bool = True) -> list[Repl
             )
         )
     return reports
-
-
-def check_route(decision: Route | Wait | Reject) -> None:
-    """What holds for every Route: a replica that can take it, and an eviction only of a
-    loaded model nobody uses, on a replica that has no free slot."""
-    if not isinstance(decision, Route):
-        return
-    replica = decision.replica
-    assert replica.routable
-    assert replica.has_room
-    if decision.evict is not None:
-        copy = replica.models[decision.evict]
-        assert copy.in_flight == 0
-        assert copy.reported_in_use == 0
-        assert not copy.loading
-        assert replica.free_slots <= 0
 
 
 @settings(max_examples=300, deadline=None)
