@@ -60,6 +60,15 @@ class RouterConfig:
     request_timeout_s: float = 300.0  # end to end, before a 504
     retry_on_replica_failure: bool = True
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
+    # Retries over the last 10 s stay within this share of the requests, plus a reserve of
+    # retry_budget_min_per_s a second, so retries cannot multiply the load in an outage.
+    retry_budget_ratio: float = 0.2
+    retry_budget_min_per_s: float = 10.0
+    # A replica whose requests fail this many times in a row (refused, broken, timed out) is
+    # taken out of routing, whatever its reports say, and probed with one request after a
+    # cool-down that doubles with each failed probe (up to 30 s).
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 2.0
     # A rarely needed override: a fixed time, in model-load times, that a request for a cold
     # model may wait for a slot rather than evict a model asked for more often. null (the
     # default) lets the policy bound the wait by itself, to about one load time.
@@ -164,6 +173,12 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "request_timeout_s": _POSITIVE_SECONDS,
     "retry_on_replica_failure": _Rule(_boolean, lambda v: True, "true or false"),
     "max_replay_body_bytes": _count(0),
+    "retry_budget_ratio": _Rule(_seconds, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "retry_budget_min_per_s": _Rule(
+        _seconds, lambda v: 0 <= v < math.inf, "a finite number >= 0 (retries a second)"
+    ),
+    "breaker_failures": _count(1),
+    "breaker_cooldown_s": _POSITIVE_SECONDS,
     "popular_model_patience": _Rule(
         _optional_seconds,
         lambda v: v is None or 0 <= v < math.inf,

@@ -36,6 +36,7 @@ from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTi
 from router._http import request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
+from router.breaker import CircuitBreaker, RetryBudget
 from router.policy import ModelplexPolicy, Prefetch
 from router.view import ChannelClosed, ClusterView, ReportOutcome
 
@@ -45,6 +46,7 @@ logger = logging.getLogger("modelplex.router")
 
 _MAX_ATTEMPTS = 4
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
+_MAX_BREAKER_COOLDOWN_S = 30.0
 
 
 @functools.cache
@@ -65,7 +67,17 @@ class RouterServer:
         self.config = config
         self.secret = secret
         self.clock = time.monotonic
-        self.view = ClusterView()
+        router = config.router
+        self.view = ClusterView(
+            breaker=CircuitBreaker(
+                failure_threshold=router.breaker_failures,
+                cooldown_s=router.breaker_cooldown_s,
+                max_cooldown_s=max(_MAX_BREAKER_COOLDOWN_S, router.breaker_cooldown_s),
+            )
+        )
+        self.retry_budget = RetryBudget(
+            ratio=router.retry_budget_ratio, min_per_s=router.retry_budget_min_per_s
+        )
         self.policy = ModelplexPolicy(patience=config.router.popular_model_patience)
         self.admission = Admission(
             self.view,
@@ -129,6 +141,10 @@ class RouterServer:
             now = self.clock()
             for replica_id in self.view.expire(now, deployment.heartbeat_timeout_s):
                 logger.warning("replica %s sent no report in time; not routing to it", replica_id)
+            for replica_id in self.view.cool_down(now):
+                logger.info(
+                    "replica %s: circuit half-open, probing it with one request", replica_id
+                )
             for replica_id in self.view.forget_departed(now):
                 logger.info("replica %s forgotten: out of routing and silent", replica_id)
             self.admission.offer()
@@ -146,53 +162,85 @@ class RouterServer:
         deadline = loop.time() + self.config.router.request_timeout_s
         body, replayable = await self._body(request)
         headers = request_headers(request)
+        self.retry_budget.requested(self.clock())
         for attempt in range(_MAX_ATTEMPTS):
-            remaining = deadline - loop.time()
-            try:
-                admitted = await self.admission.admit(
-                    model_id,
-                    min(remaining, self.config.router.queue_timeout_s),
-                    retry=attempt > 0,
+            if attempt > 0 and not self.retry_budget.try_retry(self.clock()):
+                self.counters["retry_budget_exhausted"] += 1
+                return error_response(
+                    502,
+                    "replica_failed",
+                    "a replica failed the request and the router's retry budget is spent",
                 )
-            except NoReplica as exc:
-                self.counters["no_replica"] += 1
-                return error_response(503, "no_replica", str(exc), retry_after_s=1)
-            except QueueFull as exc:
-                self.counters["queue_full"] += 1
-                return error_response(503, "queue_full", str(exc), retry_after_s=1)
-            except QueueTimeout as exc:
-                if loop.time() >= deadline:
-                    return self._timed_out()
-                self.counters["queue_timeout"] += 1
-                return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
-            if admitted.cold:
-                self.counters["cold_dispatches"] += 1
-            if admitted.evict:
-                headers[EVICT_HEADER] = admitted.evict
-            else:
-                headers.popall(EVICT_HEADER, None)
-            started = loop.time()
-            served_s: float | None = None
-            ok = False
-            try:
-                response = await self._forward(
-                    request, admitted, headers, body, replayable, deadline
-                )
-                ok = response.status < 400
-                if ok and COLD_HEADER not in response.headers:  # no load inside: inference
-                    served_s = loop.time() - started
-                return response
-            except _Retry:
-                self.counters["retries"] += 1
-                logger.info("retrying a request after replica %s failed", admitted.replica_id)
-            except TimeoutError:
-                return self._timed_out()
-            finally:
-                self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
+            answer = await self._attempt(
+                request, model_id, body, replayable, headers, deadline, retry=attempt > 0
+            )
+            if answer is not None:
+                return answer
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"
         )
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        model_id: str,
+        body: bytes | StreamReader | None,
+        replayable: bool,
+        headers: CIMultiDict[str],
+        deadline: float,
+        *,
+        retry: bool,
+    ) -> web.StreamResponse | None:
+        """Admit the request and forward it once; None if it failed in a way that is safe to
+        try on another replica."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        try:
+            admitted = await self.admission.admit(
+                model_id, min(remaining, self.config.router.queue_timeout_s), retry=retry
+            )
+        except NoReplica as exc:
+            self.counters["no_replica"] += 1
+            return error_response(503, "no_replica", str(exc), retry_after_s=1)
+        except QueueFull as exc:
+            self.counters["queue_full"] += 1
+            return error_response(503, "queue_full", str(exc), retry_after_s=1)
+        except QueueTimeout as exc:
+            if loop.time() >= deadline:
+                return self._timed_out()
+            self.counters["queue_timeout"] += 1
+            return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
+        if admitted.cold:
+            self.counters["cold_dispatches"] += 1
+        if admitted.evict:
+            headers[EVICT_HEADER] = admitted.evict
+        else:
+            headers.popall(EVICT_HEADER, None)
+        started = loop.time()
+        served_s: float | None = None
+        ok = False
+        try:
+            response = await self._forward(request, admitted, headers, body, replayable, deadline)
+            ok = response.status < 400
+            if ok and COLD_HEADER not in response.headers:  # no load inside: inference
+                served_s = loop.time() - started
+            return response
+        except _Retry:
+            self.counters["retries"] += 1
+            logger.info("retrying a request after replica %s failed", admitted.replica_id)
+            return None
+        except TimeoutError:
+            self._failed_on(admitted.replica_id)
+            return self._timed_out()
+        finally:
+            self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
+
+    def _failed_on(self, replica_id: str) -> None:
+        """A request to the replica failed (refused, broken, timed out): tell its breaker."""
+        if self.view.request_failed(replica_id, self.clock()):
+            self.counters["circuit_opened"] += 1
+            logger.warning("replica %s: circuit open after failed requests", replica_id)
 
     def _start_prefetch(self, prefetch: Prefetch) -> None:
         task = asyncio.create_task(self._prefetch(prefetch))
@@ -255,10 +303,12 @@ class RouterServer:
             except ConnectFailed as exc:
                 # Nothing reached the replica: always safe to send elsewhere.
                 logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
+                self._failed_on(admitted.replica_id)
                 self.view.mark_down(admitted.replica_id)
                 raise _Retry from exc
             except (UpstreamBroken, OSError) as exc:
                 return self._replica_failed(admitted, exc, retry_ok)
+            self.view.request_answered(admitted.replica_id)
             try:
                 return await self._answer(request, upstream, admitted, retry_ok)
             finally:
@@ -295,6 +345,7 @@ class RouterServer:
             # Part of the answer is out: the client must see a broken response, not a short one.
             self.counters["broken_streams"] += 1
             logger.warning("replica %s failed mid-answer: %s", admitted.replica_id, exc)
+            self._failed_on(admitted.replica_id)
             response.force_close()
             if request.transport is not None:
                 request.transport.close()
@@ -306,6 +357,7 @@ class RouterServer:
 
     def _replica_failed(self, admitted: Admitted, exc: Exception, retry_ok: bool) -> web.Response:
         logger.warning("replica %s failed mid-request: %r", admitted.replica_id, exc)
+        self._failed_on(admitted.replica_id)
         if retry_ok:
             raise _Retry from exc
         self.counters["replica_failed"] += 1

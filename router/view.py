@@ -3,11 +3,13 @@
 Pure and synchronous: time is passed in, nothing here awaits or reads a clock. The view
 changes only through a few methods — a report arrived (`apply_report`), a request was
 dispatched (`dispatch`) or finished (`finish`) — and one method for every way a replica leaves
-routing or the view: a connection to it was refused or it failed (`mark_down`), its report
-channel closed (`channel_closed`) or began carrying another replica's reports (`superseded`),
-it went quiet (`expire`), it stayed out long enough to be dropped (`forget_departed`) or left
-(`forget`). A report from it brings it back. The HTTP glue calls these and decides nothing.
-The view keeps these invariants:
+routing or the view: a connection to it was refused (`mark_down`), its report channel closed
+(`channel_closed`) or began carrying another replica's reports (`superseded`), it went quiet
+(`expire`), it stayed out long enough to be dropped (`forget_departed`) or left (`forget`). A
+report from it brings it back. Its circuit breaker (`router.breaker`) takes it out of routing
+after consecutive failed requests, whatever its reports say (`request_failed`), lets one probe
+through after a cool-down (`cool_down`) and closes on the probe's answer (`request_answered`).
+The HTTP glue calls these and decides nothing. The view keeps these invariants:
 
 - `holders[m]` is exactly the set of replica ids whose `models` contain m (the index never
   disagrees with the replicas; property-tested);
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 from common.wire import ReplicaSnapshot
+from router.breaker import BreakerState, CircuitBreaker
 from router.demand import Demand
 
 __all__ = [
@@ -47,6 +50,8 @@ class ReplicaStatus(enum.Enum):
     DRAINING = "draining"
     STALE = "stale"  # no report within the heartbeat timeout
     DOWN = "down"  # its channel closed or a connection was refused
+    CIRCUIT_OPEN = "circuit_open"  # failed requests in a row: out until a probe succeeds
+    PROBING = "probing"  # its breaker is half-open: one request at a time
 
 
 class ChannelClosed(enum.Enum):
@@ -105,6 +110,7 @@ class ReplicaView:
     load_ms_avg: float | None = None
     max_concurrent_loads: int | None = None  # loads it runs at once; None: as many as slots
     models: dict[str, ModelCopy] = field(default_factory=dict)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
     @property
     def status(self) -> ReplicaStatus:
@@ -112,17 +118,26 @@ class ReplicaView:
             return ReplicaStatus.DOWN
         if self.stale:
             return ReplicaStatus.STALE
+        state = self.breaker.state
+        if state is BreakerState.OPEN:
+            return ReplicaStatus.CIRCUIT_OPEN
         if self.draining:
             return ReplicaStatus.DRAINING
+        if state is BreakerState.HALF_OPEN:
+            return ReplicaStatus.PROBING
         return ReplicaStatus.HEALTHY
 
     @property
     def routable(self) -> bool:
-        return not (self.down or self.stale or self.draining)
+        return not (self.down or self.stale or self.draining) and (
+            self.breaker.state is not BreakerState.OPEN
+        )
 
     @property
     def has_room(self) -> bool:
-        """Below max_ongoing_requests: a request sent now starts at once."""
+        """Below max_ongoing_requests (one, while probing): a request sent now starts at once."""
+        if self.breaker.state is BreakerState.HALF_OPEN:
+            return self.in_flight < 1
         return self.in_flight < self.max_ongoing_requests
 
     @property
@@ -191,8 +206,11 @@ class ClusterView:
         *,
         pending_grace_s: float = 2.0,
         demand: Demand | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        """`breaker`: the settings each replica's circuit breaker starts from."""
         self.pending_grace_s = pending_grace_s
+        self.breaker = breaker or CircuitBreaker()
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
@@ -255,6 +273,7 @@ class ClusterView:
                 capacity=snapshot.capacity,
                 max_ongoing_requests=snapshot.max_ongoing_requests,
                 last_report_at=now,
+                breaker=self._new_breaker(),
             )
             self.replicas[snapshot.replica_id] = replica
             self._replica_list = None
@@ -262,6 +281,7 @@ class ClusterView:
         elif replica.incarnation != snapshot.incarnation:
             outcome = ReportOutcome.NEW_INCARNATION
             previous = {}  # a new process holds nothing the old one did
+            replica.breaker = self._new_breaker()  # nor has it failed anything
         elif snapshot.sequence <= replica.sequence:
             return ReportOutcome.OUT_OF_ORDER
         else:
@@ -283,6 +303,14 @@ class ClusterView:
             self.demand.observe_load(snapshot.load_ms_avg / 1000)
         self._set_models(replica, self._merge(snapshot, previous, now))
         return outcome
+
+    def _new_breaker(self) -> CircuitBreaker:
+        template = self.breaker
+        return CircuitBreaker(
+            failure_threshold=template.failure_threshold,
+            cooldown_s=template.cooldown_s,
+            max_cooldown_s=template.max_cooldown_s,
+        )
 
     def _merge(
         self, snapshot: ReplicaSnapshot, previous: dict[str, ModelCopy], now: float
@@ -364,6 +392,40 @@ class ClusterView:
         """The channel that carried this incarnation's reports now carries another replica's:
         the process behind it is no longer that replica, so route to it no more."""
         return self.mark_down(replica_id, incarnation)
+
+    def request_failed(self, replica_id: str, now: float) -> bool:
+        """A request to the replica failed (refused, broken, timed out); True if that opened
+        its breaker and took it out of routing."""
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return False
+        self.version += 1
+        opened = replica.breaker.failed(now)
+        self._refresh(replica)
+        return opened
+
+    def request_answered(self, replica_id: str) -> bool:
+        """The replica answered a request (any status); True if that closed its breaker."""
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return False
+        closed = replica.breaker.succeeded()
+        if closed:
+            self.version += 1
+            self._refresh(replica)
+        return closed
+
+    def cool_down(self, now: float) -> list[str]:
+        """Half-open the breakers whose cool-down is over (each lets one probe through);
+        return those replicas' ids."""
+        probing: list[str] = []
+        for replica in self.replicas.values():
+            if replica.breaker.cooled_down(now):
+                self._refresh(replica)
+                probing.append(replica.replica_id)
+        if probing:
+            self.version += 1
+        return probing
 
     def expire(self, now: float, timeout_s: float) -> list[str]:
         """Mark replicas with no report for `timeout_s` stale; return the newly stale ids."""

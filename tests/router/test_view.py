@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from common.wire import ReplicaSnapshot
+from router.breaker import CircuitBreaker
 from router.view import ChannelClosed, ClusterView, ReplicaStatus, ReportOutcome
 
 from reports import NOW, cluster, snapshot
@@ -416,6 +417,46 @@ def test_forget_departed_drops_only_replicas_out_of_routing_for_long_enough() ->
     assert view.holders == {"c": {"quiet-but-healthy"}}
 
 
+# -- circuit breaking ------------------------------------------------------------------------
+
+
+def test_failed_requests_in_a_row_take_a_reporting_replica_out_until_a_probe_answers() -> None:
+    view = ClusterView(breaker=CircuitBreaker(failure_threshold=2, cooldown_s=1.0))
+    view.apply_report(snapshot("r1", ["a"], sequence=1), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=0.0)
+    assert view.request_failed("r1", now=0.1) is False
+    assert view.request_failed("r1", now=0.2) is True
+    replica = view.replicas["r1"]
+    assert replica.status is ReplicaStatus.CIRCUIT_OPEN
+    view.apply_report(snapshot("r1", ["a"], sequence=2), now=0.5)  # reports do not reopen it
+    assert not replica.routable
+    assert view.routable_ids == {"r2"}
+    assert view.holders["a"] == {"r1", "r2"}  # its models stay known
+    assert view.cool_down(now=1.1) == []
+    assert view.cool_down(now=1.2) == ["r1"]
+    assert replica.status is ReplicaStatus.PROBING
+    assert view.with_room == {"r1", "r2"}
+    view.dispatch("r1", "a", now=1.3)
+    assert not replica.has_room  # one probe at a time
+    assert view.with_room == {"r2"}
+    view.finish("r1", "a", now=1.4)
+    assert view.request_answered("r1") is True
+    assert replica.status is ReplicaStatus.HEALTHY
+    assert view.with_room == {"r1", "r2"}
+
+
+def test_a_restarted_replica_starts_with_a_closed_breaker() -> None:
+    view = ClusterView(breaker=CircuitBreaker(failure_threshold=1))
+    view.apply_report(snapshot("r1", incarnation="one"), now=0.0)
+    view.request_failed("r1", now=0.1)
+    assert view.replicas["r1"].status is ReplicaStatus.CIRCUIT_OPEN
+    view.apply_report(snapshot("r1", incarnation="two"), now=0.2)
+    assert view.replicas["r1"].status is ReplicaStatus.HEALTHY
+    assert view.replicas["r1"].breaker.failure_threshold == 1
+    assert view.request_failed("nobody", now=0.3) is False
+    assert view.request_answered("nobody") is False
+
+
 def test_forget_removes_the_replica_and_its_index_entries() -> None:
     view = ClusterView()
     view.apply_report(snapshot("r1", ["a", "b"]), now=0.0)
@@ -458,7 +499,9 @@ class ViewMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.view = ClusterView(pending_grace_s=1.5)
+        self.view = ClusterView(
+            pending_grace_s=1.5, breaker=CircuitBreaker(failure_threshold=2, cooldown_s=1.0)
+        )
         self.now = 0.0
         self.known: dict[str, tuple[str, int]] = {}  # replica id -> (incarnation, sequence)
         self.replica_in_flight: dict[str, int] = {}
@@ -585,6 +628,24 @@ class ViewMachine(RuleBasedStateMachine):
             assert (replica.replica_id in newly) is should_be_new
             if replica.replica_id in newly:
                 assert replica.status is ReplicaStatus.STALE
+
+    @rule(rid=st.sampled_from(REPLICA_IDS))
+    def request_failed(self, rid: str) -> None:
+        self.view.request_failed(rid, self.now)
+
+    @rule(rid=st.sampled_from(REPLICA_IDS))
+    def request_answered(self, rid: str) -> None:
+        self.view.request_answered(rid)
+
+    @rule()
+    def cool_down(self) -> None:
+        for rid in self.view.cool_down(self.now):
+            assert self.view.replicas[rid].status in (
+                ReplicaStatus.PROBING,
+                ReplicaStatus.DOWN,
+                ReplicaStatus.STALE,
+                ReplicaStatus.DRAINING,
+            )
 
     @rule(rid=st.sampled_from(REPLICA_IDS), incarnation=st.sampled_from(INCARNATIONS))
     def channel_closed(self, rid: str, incarnation: str) -> None:
