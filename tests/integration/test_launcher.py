@@ -47,7 +47,7 @@ def env() -> dict[str, str]:
 
 def cli(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args],
+        [sys.executable, "-m", "router.launch", *args],
         cwd=cwd,
         env=env(),
         capture_output=True,
@@ -75,7 +75,7 @@ class Launcher:
         self.config = config
         self.process = Process(
             "launcher",
-            [sys.executable, "-m", "router.cli", "up", str(config)],
+            [sys.executable, "-m", "router.launch", "up", str(config)],
             env(),
             config.parent,
         )

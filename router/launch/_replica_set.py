@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ClusterConfig
-from router._control import RuntimeDir
-from router._launcher_plan import Plan, ReplicaRecord, plan_reconcile, replica_number
-from router._launcher_text import healthy_replicas
-from router._supervisor import ExitInfo, Supervised, log
+from router.launch._control import RuntimeDir
+from router.launch._plan import Plan, ReplicaRecord, plan_reconcile, replica_number
+from router.launch._supervisor import ExitInfo, Supervised, log
+from router.launch._text import healthy_replicas
 
 __all__ = ["Generation", "ReplicaSet", "ReplicaSlot"]
 

@@ -1,9 +1,9 @@
 """`modelplex up`: run a router and its replicas, keep them running, reconcile to config edits.
 
-Glue around four rooms: `router._launcher_plan` decides what to start and drain,
-`router._replica_set` runs the replicas and the reconcile, `router._supervisor` runs each
-child process, `router._control` holds the runtime directory and the control port that
-`modelplex apply` talks to.
+Glue around the other rooms of `router.launch`: `_plan` decides what to start and drain,
+`_replica_set` runs the replicas and the reconcile, `_supervisor` runs each child process
+(restarting it as `_backoff` says), `_control` holds the runtime directory and the control
+port that `modelplex apply` talks to, `_text` words what is printed.
 
 Invariants:
 - The config is validated here, once; router and replicas read the file of the generation
@@ -30,19 +30,14 @@ import aiohttp
 from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
-from router._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
-from router._launcher_plan import (
-    CONFIG_ERROR_EXIT_CODE,
-    Plan,
-    ReplicaRecord,
-    changed_keys,
-    plan_reconcile,
-)
-from router._launcher_text import banner
-from router._replica_set import Generation, ReplicaSet
-from router._supervisor import ExitInfo, Supervised, log
+from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
+from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
+from router.launch._plan import changed_keys
+from router.launch._replica_set import Generation, ReplicaSet
+from router.launch._supervisor import ExitInfo, Supervised, log
+from router.launch._text import banner
 
-__all__ = ["Launcher", "Plan", "ReplicaRecord", "plan_reconcile", "run_launcher"]
+__all__ = ["Launcher", "child_environment", "run_launcher"]
 
 ROUTER_START_TIMEOUT_S = 30.0
 ROUTER_STOP_TIMEOUT_S = 10.0
