@@ -8,10 +8,20 @@ restarts the ones that crash and reconciles to an edited config; `modelplex appl
 Rooms: `_cli` the `modelplex` command, `_launcher` the glue of `modelplex up`, `_plan` the
 reconcile decisions, `_replica_set` the replicas and the reconcile, `_supervisor` one child
 process, `_backoff` when a crashed child restarts, `_control` the runtime directory and the
-control port, `_text` what is printed.
+control port, `_text` what is printed; `_local_cluster` the cluster that tests and benchmarks
+start (a router and N replicas, no launcher), shipped so no suite copies it.
 """
 
 from router.launch._cli import main
 from router.launch._launcher import Launcher, run_launcher
+from router.launch._local_cluster import ChildProcess, ClusterFailed, LocalCluster, wait_for
 
-__all__ = ["Launcher", "main", "run_launcher"]
+__all__ = [
+    "ChildProcess",
+    "ClusterFailed",
+    "Launcher",
+    "LocalCluster",
+    "main",
+    "run_launcher",
+    "wait_for",
+]

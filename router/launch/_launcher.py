@@ -55,13 +55,14 @@ def run_launcher(
     return asyncio.run(launcher.run())
 
 
-def child_environment(config_dir: Path, secret: str) -> dict[str, str]:
-    """The environment of router and replicas: the secret, and the config's directory first on
-    the import path so `import_path` modules next to the config import."""
+def child_environment(secret: str, *import_first: Path) -> dict[str, str]:
+    """The environment of router and replicas: the secret, and `import_first` (the config's
+    directory, so `import_path` modules next to the config import) first on the import path."""
     env = dict(os.environ)
     env.pop(SECRET_FILE_ENV, None)
     env[SECRET_ENV] = secret
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config_dir), env.get("PYTHONPATH")]))
+    paths = [*map(str, import_first), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["PYTHONUNBUFFERED"] = "1"  # log lines (and the listening line) arrive as written
     return env
 
@@ -82,7 +83,7 @@ class Launcher:
         self.router_url = ""
         self._initial = config
         self._startup_timeout_s = startup_timeout_s
-        self._env = child_environment(self.config_path.parent, generate_secret())
+        self._env = child_environment(generate_secret(), self.config_path.parent)
         self._http: aiohttp.ClientSession | None = None
         self._control: ControlServer | None = None
         self._replicas: ReplicaSet | None = None

@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 import yaml
 
-from cluster_harness import ROOT, Process, wait_for
+from router.launch import ChildProcess, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "serve_multiplexed_model_id"
 
 
@@ -73,11 +74,11 @@ def pids_running(argv_fragment: str) -> list[int]:
 class Launcher:
     def __init__(self, config: Path) -> None:
         self.config = config
-        self.process = Process(
+        self.process = ChildProcess(
             "launcher",
             [sys.executable, "-m", "router.launch", "up", str(config)],
-            env(),
-            config.parent,
+            env=env(),
+            cwd=config.parent,
         )
         self.url = self.process.url(timeout_s=60)
 
