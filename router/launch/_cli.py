@@ -26,10 +26,11 @@ import aiohttp
 
 from common.addresses import reachable_url
 from common.config import ClusterConfig, ConfigError, dump_config, load_config
+from common.status import RouterStatusDocument
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
 from router.launch._launcher import run_launcher
-from router.launch._text import format_status
+from router.launch._text import format_status, status_document
 
 __all__ = ["default_config_path", "main"]
 
@@ -262,7 +263,7 @@ def _status(args: argparse.Namespace) -> int:
     return asyncio.run(_show_status(url, launcher, as_json=args.json))
 
 
-async def _fetch_status(url: str) -> tuple[int, dict[str, Any] | None]:
+async def _fetch_status(url: str) -> tuple[int, RouterStatusDocument | None]:
     timeout = aiohttp.ClientTimeout(total=5.0)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
@@ -271,7 +272,7 @@ async def _fetch_status(url: str) -> tuple[int, dict[str, Any] | None]:
         if response.status != 200:
             return response.status, None
         data = await response.json(content_type=None)
-        return response.status, data if isinstance(data, dict) else None
+        return response.status, status_document(data)
 
 
 async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool) -> int:
@@ -281,6 +282,8 @@ async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool
         return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
     except ValueError:
         return _fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
+    if document is None and code == 200:
+        return _fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
     if document is None:
         return _fail(f"{url}/-/status answered HTTP {code}")
     if as_json:

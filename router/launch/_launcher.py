@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,13 @@ import aiohttp
 from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
+from common.status import RouterStatusDocument
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
 from router.launch._plan import changed_keys
 from router.launch._replica_set import Generation, ReplicaSet
 from router.launch._supervisor import ExitInfo, Supervised, log
-from router.launch._text import banner
+from router.launch._text import banner, status_document
 
 __all__ = ["Launcher", "child_environment", "run_launcher"]
 
@@ -244,7 +245,7 @@ class Launcher:
     def _on_router_exit(self, info: ExitInfo) -> None:
         self._router_exited.set()
 
-    async def _router_status(self) -> Mapping[str, Any] | None:
+    async def _router_status(self) -> RouterStatusDocument | None:
         assert self._http is not None
         try:
             async with self._http.get(f"{self.router_url}/-/status") as response:
@@ -253,7 +254,7 @@ class Launcher:
                 data = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+        return status_document(data)
 
     # -- replicas ----------------------------------------------------------------------------
 

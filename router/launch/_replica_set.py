@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ClusterConfig
+from common.status import RouterStatusDocument
 from router.launch._control import RuntimeDir
 from router.launch._plan import Plan, ReplicaRecord, plan_reconcile, replica_number
 from router.launch._supervisor import ExitInfo, Supervised, log
@@ -34,7 +35,7 @@ DRAIN_MARGIN_S = 5.0  # on top of graceful_shutdown_timeout_s before a replica i
 POLL_INTERVAL_S = 0.25
 _LISTENING = re.compile(r"modelplex replica (\S+) listening on (\S+)")
 
-StatusFetcher = Callable[[], Awaitable[Mapping[str, Any] | None]]
+StatusFetcher = Callable[[], Awaitable[RouterStatusDocument | None]]
 
 
 @dataclass(frozen=True)
