@@ -30,6 +30,7 @@ import aiohttp
 from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
+from common.serving import STOP_SIGNALS
 from common.status import RouterStatusDocument
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
@@ -44,6 +45,9 @@ ROUTER_START_TIMEOUT_S = 30.0
 ROUTER_STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.25
 WATCH_INTERVAL_S = 1.0
+LAUNCHER_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)  # a closed terminal stops the cluster too
+"""Not `common.serving.until_signal`: the handlers stay for the whole run, start-up and
+shutdown included, because a second signal during the drain means "kill every child now"."""
 _LISTENING = re.compile(r"modelplex router listening on (\S+)")
 
 
@@ -101,8 +105,7 @@ class Launcher:
     async def run(self) -> int:
         """Start everything, serve until a signal, stop everything; the exit code."""
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        for signum in signals:
+        for signum in LAUNCHER_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal)
         try:
             runtime = RuntimeDir.claim(self._initial.router.port)
@@ -121,7 +124,7 @@ class Launcher:
             return await self._serve(runtime, self._replicas)
         finally:
             await self._shutdown(runtime)
-            for signum in signals:
+            for signum in LAUNCHER_SIGNALS:
                 loop.remove_signal_handler(signum)
 
     async def _serve(self, runtime: RuntimeDir, replicas: ReplicaSet) -> int:
