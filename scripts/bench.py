@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from _bench_cluster import ROOT, BenchCluster, Nginx, run_loadgen
+from _bench_cluster import ROOT, Nginx, bench_cluster, run_loadgen
 from _bench_report import (
     format_overhead,
     format_summary,
@@ -117,21 +117,9 @@ def _target(url: str) -> dict[str, Any]:
     return {"host": parts.hostname, "port": parts.port, "header": _HEADER}
 
 
-def _cluster(config: RunConfig) -> BenchCluster:
-    return BenchCluster(
-        replicas=config.replicas,
-        capacity=config.capacity,
-        max_ongoing=config.max_ongoing,
-        load_s=config.load_s,
-        infer_s=config.infer_s,
-        patience=config.patience,
-        max_concurrent_loads=config.max_concurrent_loads,
-    )
-
-
 def run_workload(config: RunConfig) -> dict[str, Any]:
     sequence = _sequence(config)
-    with _cluster(config) as cluster:
+    with bench_cluster(config) as cluster:
         spec = _target(cluster.url) | {
             "mode": "sequence",
             "models": sequence,
@@ -139,7 +127,7 @@ def run_workload(config: RunConfig) -> dict[str, Any]:
         }
         raw = run_loadgen(spec, watch=cluster.pids())
         loads = cluster.load_counts()
-        router_counters = cluster.status().get("router", {}).get("counters", {})
+        router_counters = cluster.status()["router"]["counters"]
     summary = summarize_workload(config, sequence, raw, loads)
     summary["router_counters"] = router_counters
     return {"summary": summary, "raw": raw}
@@ -168,7 +156,7 @@ def run_overhead(config: RunConfig, *, nginx: bool) -> dict[str, Any]:
     timing = {"mode": "duration", "warmup_s": config.warmup_s, "duration_s": config.duration_s}
     phases: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(_cluster(config))
+        cluster = stack.enter_context(bench_cluster(config))
         replica_url = next(iter(cluster.replica_urls().values()))
         watch = cluster.pids()
         urls = {"direct": (replica_url, "/"), "router": (cluster.url, "/")}

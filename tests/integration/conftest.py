@@ -1,4 +1,5 @@
-"""Fixtures that start real clusters; every process is stopped when the test ends."""
+"""Fixtures that start real clusters (`router.launch.LocalCluster`); every process is stopped
+when the test ends."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -6,23 +7,37 @@ from typing import Any
 
 import pytest
 
-from cluster_harness import Cluster
+from router.launch import LocalCluster
+
+QUICK_DEPLOYMENT = {
+    "max_num_models_per_replica": 2,
+    "max_ongoing_requests": 8,
+    "heartbeat_interval_s": 0.2,
+    "heartbeat_timeout_s": 2.0,
+    "graceful_shutdown_timeout_s": 10.0,
+}
+"""Small caches and fast heartbeats, so that a test sees a change within a fraction of a second."""
 
 
 @pytest.fixture
-def start_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    clusters: list[Cluster] = []
+def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """`start_cluster(num_replicas=2, init_kwargs=None, **deployment_keys)`: a started cluster
+    of the synthetic deployment."""
+    clusters: list[LocalCluster] = []
 
-    def start(**options: Any) -> Cluster:
+    def start(
+        *, num_replicas: int = 2, init_kwargs: dict[str, Any] | None = None, **deployment: Any
+    ) -> LocalCluster:
         workdir = tmp_path / f"cluster-{len(clusters)}"
         workdir.mkdir()
-        cluster = Cluster(workdir, **options)
+        cluster = LocalCluster(
+            workdir,
+            num_replicas=num_replicas,
+            init_kwargs=init_kwargs,
+            deployment={**QUICK_DEPLOYMENT, **deployment},
+        )
         clusters.append(cluster)
-        try:
-            return cluster.start()
-        except BaseException:
-            print(cluster.logs())
-            raise
+        return cluster.start()
 
     yield start
     for cluster in clusters:

@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 import yaml
 
-from cluster_harness import ROOT, Process, wait_for
+from router.launch import ChildProcess, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "serve_multiplexed_model_id"
 
 
@@ -47,7 +48,7 @@ def env() -> dict[str, str]:
 
 def cli(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args],
+        [sys.executable, "-m", "router.launch", *args],
         cwd=cwd,
         env=env(),
         capture_output=True,
@@ -56,16 +57,18 @@ def cli(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.CompletedPr
     )
 
 
-def pids_running(argv_fragment: str) -> list[int]:
-    """Processes whose NUL-separated command line contains `argv_fragment` (Linux /proc)."""
+def pids_running(argv_fragment: str, *, parent: int) -> list[int]:
+    """Children of `parent` whose NUL-separated command line contains `argv_fragment` (Linux
+    /proc); only this test's, not those of another cluster on the machine."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if argv_fragment in cmdline and int(entry.name) != os.getpid():
+            if argv_fragment in cmdline and ppid == parent:
                 found.append(int(entry.name))
     return found
 
@@ -73,11 +76,11 @@ def pids_running(argv_fragment: str) -> list[int]:
 class Launcher:
     def __init__(self, config: Path) -> None:
         self.config = config
-        self.process = Process(
+        self.process = ChildProcess(
             "launcher",
-            [sys.executable, "-m", "router.cli", "up", str(config)],
-            env(),
-            config.parent,
+            [sys.executable, "-m", "router.launch", "up", str(config)],
+            env=env(),
+            cwd=config.parent,
         )
         self.url = self.process.url(timeout_s=60)
 
@@ -191,7 +194,7 @@ async def test_kill_9_under_traffic_the_launcher_restarts_the_replica(
     assert any(pid_line.search(line) for line in launcher.process.lines)
     victim_url = before["replica-2"]["url"]
     async with Traffic(launcher.url) as traffic:
-        pids = pids_running("--replica-id\0replica-2\0")
+        pids = pids_running("--replica-id\0replica-2\0", parent=launcher.process.pid)
         assert pids, "replica-2's process not found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)

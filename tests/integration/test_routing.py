@@ -4,7 +4,6 @@ failures and bad input."""
 import asyncio
 import json
 import os
-import re
 import signal
 import time
 from collections import Counter
@@ -15,24 +14,14 @@ import aiohttp
 import msgpack
 import pytest
 
-from cluster_harness import Cluster, wait_for
+from router.launch import LocalCluster, wait_for
 
 MODEL = "serve_multiplexed_model_id"
 
 
-def total_loads(cluster: Cluster) -> int:
+def total_loads(cluster: LocalCluster) -> int:
     """Sum of every replica's serve_multiplexed_models_load_counter, from its /-/metrics."""
-    import urllib.request
-
-    total = 0.0
-    for replica in cluster.status()["replicas"]:
-        with urllib.request.urlopen(replica["url"] + "/-/metrics", timeout=10) as response:
-            text = response.read().decode()
-        for match in re.finditer(
-            r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\} (\S+)$", text, re.M
-        ):
-            total += float(match.group(1))
-    return int(total)
+    return sum(cluster.load_counts().values())
 
 
 async def get(session: aiohttp.ClientSession, url: str, model: str, **kw: Any) -> tuple[int, str]:
@@ -41,7 +30,9 @@ async def get(session: aiohttp.ClientSession, url: str, model: str, **kw: Any) -
         return response.status, response.headers.get("x-modelplex-replica", "")
 
 
-async def test_repeat_requests_stay_on_one_replica(start_cluster: Callable[..., Cluster]) -> None:
+async def test_repeat_requests_stay_on_one_replica(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
     cluster = start_cluster(num_replicas=3)
     async with aiohttp.ClientSession() as session:
         seen = Counter()
@@ -55,7 +46,7 @@ async def test_repeat_requests_stay_on_one_replica(start_cluster: Callable[..., 
 
 @pytest.mark.parametrize("max_ongoing_requests", [8, 200])
 async def test_a_burst_of_first_requests_causes_one_load(
-    start_cluster: Callable[..., Cluster], max_ongoing_requests: int
+    start_cluster: Callable[..., LocalCluster], max_ongoing_requests: int
 ) -> None:
     cluster = start_cluster(
         num_replicas=3,
@@ -72,7 +63,7 @@ async def test_a_burst_of_first_requests_causes_one_load(
 
 
 async def test_lru_eviction_shows_in_status_within_a_second(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = start_cluster(num_replicas=1, max_num_models_per_replica=2)
     async with aiohttp.ClientSession() as session:
@@ -84,11 +75,9 @@ async def test_lru_eviction_shows_in_status_within_a_second(
 
 
 async def test_the_configured_load_limit_reaches_the_replica_report(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., LocalCluster],
 ) -> None:
-    cluster = start_cluster(
-        num_replicas=1, max_num_models_per_replica=3, deployment={"max_concurrent_loads": 1}
-    )
+    cluster = start_cluster(num_replicas=1, max_num_models_per_replica=3, max_concurrent_loads=1)
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(get(session, cluster.url + "/", m) for m in "xyz"))
         assert [status for status, _ in results] == [200, 200, 200]
@@ -99,7 +88,7 @@ async def test_the_configured_load_limit_reaches_the_replica_report(
 
 
 async def test_a_streamed_answer_arrives_chunk_by_chunk(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = start_cluster(num_replicas=1)
     arrivals: list[float] = []
@@ -136,7 +125,9 @@ async def raw_request(url: str, header_value: bytes) -> tuple[int, dict[str, Any
     return int(head.split()[1]), json.loads(body)
 
 
-async def test_invalid_model_ids_get_clear_errors(start_cluster: Callable[..., Cluster]) -> None:
+async def test_invalid_model_ids_get_clear_errors(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
     cluster = start_cluster(num_replicas=1)
     for bad in (b"x" * 257, b"bad\tid", b"caf\xe9"):
         status, document = await raw_request(cluster.url, bad)
@@ -148,7 +139,7 @@ async def test_invalid_model_ids_get_clear_errors(start_cluster: Callable[..., C
 
 
 async def test_garbage_on_the_state_channel_is_refused_and_the_router_keeps_serving(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = start_cluster(num_replicas=1)
     auth = {"Authorization": f"Bearer {cluster.secret}"}
@@ -172,7 +163,7 @@ async def test_garbage_on_the_state_channel_is_refused_and_the_router_keeps_serv
 
 
 async def test_kill_9_of_a_replica_under_traffic_fails_no_request(
-    start_cluster: Callable[..., Cluster],
+    start_cluster: Callable[..., LocalCluster],
 ) -> None:
     cluster = start_cluster(num_replicas=2, init_kwargs={"infer_s": 0.01})
     failures: list[Any] = []
@@ -206,7 +197,7 @@ async def test_kill_9_of_a_replica_under_traffic_fails_no_request(
     assert states["replica-2"] == "healthy"
 
 
-async def test_health_and_status_endpoints(start_cluster: Callable[..., Cluster]) -> None:
+async def test_health_and_status_endpoints(start_cluster: Callable[..., LocalCluster]) -> None:
     cluster = start_cluster(num_replicas=2)
     async with aiohttp.ClientSession() as session:
         async with session.get(cluster.url + "/-/healthz") as r:

@@ -1,4 +1,4 @@
-"""`scripts/_bench_cluster.py`: the config it writes for the cluster it starts."""
+"""`scripts/_bench_cluster.py`: the config `bench_cluster` writes for the cluster it starts."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ def test_the_load_limit_goes_to_the_config_and_to_the_synthetic_hardware(
     monkeypatch: pytest.MonkeyPatch, loads: int | None
 ) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    from _bench_cluster import BenchCluster
+    from _bench_cluster import bench_cluster
+    from _bench_scenarios import RunConfig
 
-    cluster = BenchCluster(
+    run = RunConfig(
         replicas=2, capacity=3, max_ongoing=8, load_s=0.1, infer_s=0.0, max_concurrent_loads=loads
     )
+    cluster = bench_cluster(run)
     try:
         deployment = load_config(cluster.config_path).deployment
     finally:

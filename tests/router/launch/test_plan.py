@@ -1,4 +1,4 @@
-"""The launcher's pure decisions: reconcile plans, restart backoff, config differences."""
+"""The launcher's pure reconcile decisions: plans and config differences."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.config import DeploymentConfig, RouterConfig
-from router._launcher_plan import (
+from router.launch._plan import (
     Plan,
     ReplicaRecord,
     changed_keys,
     plan_reconcile,
     replica_id,
     replica_number,
-    restart_delay_s,
     same_spec,
 )
 
@@ -181,25 +180,6 @@ def test_matching_replicas_are_never_drained_below_the_count(
     matching = [r for r in current if not r.draining and same_spec(r.spec, spec)]
     kept = [r for r in matching if r.replica_id not in plan.drain]
     assert len(kept) == min(count, len(matching))
-
-
-def test_restart_backoff_doubles_up_to_30_s() -> None:
-    delays = []
-    delay = None
-    for _ in range(10):
-        delay = restart_delay_s(delay, uptime_s=1.0, exit_code=1)
-        delays.append(delay)
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
-
-
-def test_restart_backoff_resets_after_a_minute_up() -> None:
-    assert restart_delay_s(30.0, uptime_s=59.9, exit_code=1) == 30.0
-    assert restart_delay_s(30.0, uptime_s=60.0, exit_code=1) == 0.5
-
-
-def test_config_errors_back_off_longer() -> None:
-    assert restart_delay_s(None, uptime_s=0.1, exit_code=2) == 5.0
-    assert restart_delay_s(5.0, uptime_s=0.1, exit_code=2) == 10.0
 
 
 def test_changed_keys_name_each_difference() -> None:

@@ -1,9 +1,9 @@
 """`modelplex up`: run a router and its replicas, keep them running, reconcile to config edits.
 
-Glue around four rooms: `router._launcher_plan` decides what to start and drain,
-`router._replica_set` runs the replicas and the reconcile, `router._supervisor` runs each
-child process, `router._control` holds the runtime directory and the control port that
-`modelplex apply` talks to.
+Glue around the other rooms of `router.launch`: `_plan` decides what to start and drain,
+`_replica_set` runs the replicas and the reconcile, `_supervisor` runs each child process
+(restarting it as `_backoff` says), `_control` holds the runtime directory and the control
+port that `modelplex apply` talks to, `_text` words what is printed.
 
 Invariants:
 - The config is validated here, once; router and replicas read the file of the generation
@@ -21,7 +21,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +30,24 @@ import aiohttp
 from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
-from router._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
-from router._launcher_plan import (
-    CONFIG_ERROR_EXIT_CODE,
-    Plan,
-    ReplicaRecord,
-    changed_keys,
-    plan_reconcile,
-)
-from router._launcher_text import banner
-from router._replica_set import Generation, ReplicaSet
-from router._supervisor import ExitInfo, Supervised, log
+from common.serving import STOP_SIGNALS
+from common.status import RouterStatusDocument
+from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
+from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
+from router.launch._plan import changed_keys
+from router.launch._replica_set import Generation, ReplicaSet
+from router.launch._supervisor import ExitInfo, Supervised, log
+from router.launch._text import banner, status_document
 
-__all__ = ["Launcher", "Plan", "ReplicaRecord", "plan_reconcile", "run_launcher"]
+__all__ = ["Launcher", "child_environment", "run_launcher"]
 
 ROUTER_START_TIMEOUT_S = 30.0
 ROUTER_STOP_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.25
 WATCH_INTERVAL_S = 1.0
+LAUNCHER_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)  # a closed terminal stops the cluster too
+"""Not `common.serving.until_signal`: the handlers stay for the whole run, start-up and
+shutdown included, because a second signal during the drain means "kill every child now"."""
 _LISTENING = re.compile(r"modelplex router listening on (\S+)")
 
 
@@ -60,13 +60,14 @@ def run_launcher(
     return asyncio.run(launcher.run())
 
 
-def child_environment(config_dir: Path, secret: str) -> dict[str, str]:
-    """The environment of router and replicas: the secret, and the config's directory first on
-    the import path so `import_path` modules next to the config import."""
+def child_environment(secret: str, *import_first: Path) -> dict[str, str]:
+    """The environment of router and replicas: the secret, and `import_first` (the config's
+    directory, so `import_path` modules next to the config import) first on the import path."""
     env = dict(os.environ)
     env.pop(SECRET_FILE_ENV, None)
     env[SECRET_ENV] = secret
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(config_dir), env.get("PYTHONPATH")]))
+    paths = [*map(str, import_first), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env["PYTHONUNBUFFERED"] = "1"  # log lines (and the listening line) arrive as written
     return env
 
@@ -87,7 +88,7 @@ class Launcher:
         self.router_url = ""
         self._initial = config
         self._startup_timeout_s = startup_timeout_s
-        self._env = child_environment(self.config_path.parent, generate_secret())
+        self._env = child_environment(generate_secret(), self.config_path.parent)
         self._http: aiohttp.ClientSession | None = None
         self._control: ControlServer | None = None
         self._replicas: ReplicaSet | None = None
@@ -104,8 +105,7 @@ class Launcher:
     async def run(self) -> int:
         """Start everything, serve until a signal, stop everything; the exit code."""
         loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        for signum in signals:
+        for signum in LAUNCHER_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal)
         try:
             runtime = RuntimeDir.claim(self._initial.router.port)
@@ -124,7 +124,7 @@ class Launcher:
             return await self._serve(runtime, self._replicas)
         finally:
             await self._shutdown(runtime)
-            for signum in signals:
+            for signum in LAUNCHER_SIGNALS:
                 loop.remove_signal_handler(signum)
 
     async def _serve(self, runtime: RuntimeDir, replicas: ReplicaSet) -> int:
@@ -248,7 +248,7 @@ class Launcher:
     def _on_router_exit(self, info: ExitInfo) -> None:
         self._router_exited.set()
 
-    async def _router_status(self) -> Mapping[str, Any] | None:
+    async def _router_status(self) -> RouterStatusDocument | None:
         assert self._http is not None
         try:
             async with self._http.get(f"{self.router_url}/-/status") as response:
@@ -257,7 +257,7 @@ class Launcher:
                 data = await response.json()
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+        return status_document(data)
 
     # -- replicas ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router._launcher_plan import restart_delay_s
+from router.launch._backoff import restart_delay_s
 
 __all__ = ["ChildPhase", "ExitInfo", "Supervised", "log"]
 

@@ -1,32 +1,40 @@
 """What the launcher and the CLI print about a cluster, and how they read the router's status.
 
-Pure functions over the router's `/-/status` document and the config: no I/O.
+Pure functions over the router's `/-/status` document (`common.status.RouterStatusDocument`,
+checked once by `status_document` where decoded JSON comes in) and the config: no I/O.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from common.config import ClusterConfig
+from common.status import ReplicaStatusDocument, RouterStatusDocument
 
-__all__ = ["banner", "format_status", "healthy_replicas"]
+__all__ = ["banner", "format_status", "healthy_replicas", "status_document"]
 
 TENANTS_IMPORT_PATH = "examples.tenants:TenantModels"
 
 
-def healthy_replicas(status: Mapping[str, Any] | None) -> dict[str, str]:
+def status_document(data: object) -> RouterStatusDocument | None:
+    """Decoded JSON as the router's status document; None if it is not shaped like one."""
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("router"), dict)
+        and isinstance(data.get("replicas"), list)
+    ):
+        return cast(RouterStatusDocument, data)
+    return None
+
+
+def healthy_replicas(status: RouterStatusDocument | None) -> dict[str, str]:
     """Replica id -> URL for the replicas the router's status shows as healthy."""
-    replicas = status.get("replicas") if status is not None else None
-    if not isinstance(replicas, list):
+    if status is None:
         return {}
-    return {
-        str(r.get("replica_id")): str(r.get("url"))
-        for r in replicas
-        if isinstance(r, dict) and r.get("state") == "healthy"
-    }
+    return {r["replica_id"]: r["url"] for r in status["replicas"] if r["state"] == "healthy"}
 
 
 def curl_example(router_url: str, config: ClusterConfig) -> str:
@@ -69,12 +77,11 @@ def _cell(value: object) -> str:
     return "-" if value in (None, "", []) else str(value)
 
 
-def _models(replica: Mapping[str, Any]) -> str:
-    models = [m for m in replica.get("models") or [] if isinstance(m, dict)]
-    models.sort(key=lambda m: -float(m.get("idle_s") or 0.0))  # least recently used first
-    names = [f"{m.get('model_id')}{'*' if m.get('in_use') else ''}" for m in models]
-    capacity = replica.get("capacity")
-    count = f"{len(models)}/{capacity}" if isinstance(capacity, int) and capacity > 0 else ""
+def _models(replica: ReplicaStatusDocument) -> str:
+    models = sorted(replica["models"], key=lambda m: -m["idle_s"])  # least recently used first
+    names = [f"{m['model_id']}{'*' if m['in_use'] else ''}" for m in models]
+    capacity = replica["capacity"]
+    count = f"{len(models)}/{capacity}" if capacity > 0 else ""
     return f"{', '.join(names) or '-'}{f' ({count})' if count else ''}"
 
 
@@ -86,29 +93,28 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def format_status(status: Mapping[str, Any]) -> str:
+def format_status(status: RouterStatusDocument) -> str:
     """The router's status as a table: one row per replica, then the router's counters."""
-    router = status.get("router") or {}
-    replicas = [r for r in status.get("replicas") or [] if isinstance(r, dict)]
+    router = status["router"]
+    replicas = status["replicas"]
     rows = [
         [
-            _cell(r.get("replica_id")),
-            _cell(r.get("state")),
-            f"{_cell(r.get('in_flight'))}/{_cell(r.get('max_ongoing_requests'))}",
+            _cell(r["replica_id"]),
+            _cell(r["state"]),
+            f"{r['in_flight']}/{r['max_ongoing_requests']}",
             _models(r),
-            ", ".join(map(str, r.get("loading") or [])) or "-",
-            _cell(r.get("url")),
+            ", ".join(r["loading"]) or "-",
+            _cell(r["url"]),
         ]
         for r in replicas
     ]
     header = ["REPLICA", "STATE", "IN-FLIGHT", "MODELS (LRU -> MRU, * in use)", "LOADING", "URL"]
-    healthy = sum(1 for r in replicas if r.get("state") == "healthy")
-    lines = [f"router {_cell(router.get('url'))}: {healthy}/{len(replicas)} replicas healthy"]
+    healthy = sum(1 for r in replicas if r["state"] == "healthy")
+    lines = [f"router {_cell(router['url'])}: {healthy}/{len(replicas)} replicas healthy"]
     lines += _table(header, rows) if rows else ["(no replicas have reported)"]
-    counters = router.get("counters") or {}
-    if isinstance(counters, dict) and counters:
-        text = "  ".join(f"{key}={value}" for key, value in counters.items())
+    if router["counters"]:
+        text = "  ".join(f"{key}={value}" for key, value in router["counters"].items())
         lines.append(textwrap.fill(text, 100, initial_indent="counters: ", subsequent_indent="  "))
-    if router.get("queued"):
+    if router["queued"]:
         lines.append(f"queued: {router['queued']}")
     return "\n".join(lines)

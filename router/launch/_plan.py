@@ -1,4 +1,5 @@
-"""The launcher's decisions, kept pure: which replicas to start or drain, when to restart a child.
+"""The launcher's reconcile decisions, kept pure: which replicas to start and drain, and
+what an edited config changed.
 
 `plan_reconcile` turns "the replicas I run" and "what the config asks for" into one step of a
 reconcile; the launcher executes the step and asks again until the plan is empty.
@@ -25,24 +26,16 @@ from dataclasses import dataclass
 from common.config import DeploymentConfig, RouterConfig
 
 __all__ = [
-    "CONFIG_ERROR_EXIT_CODE",
     "Plan",
     "ReplicaRecord",
     "changed_keys",
     "plan_reconcile",
     "replica_id",
     "replica_number",
-    "restart_delay_s",
     "same_spec",
 ]
 
 REPLICA_PREFIX = "replica-"
-CONFIG_ERROR_EXIT_CODE = 2  # a child's "bad config or import error": restarting soon won't help
-
-INITIAL_RESTART_DELAY_S = 0.5
-MAX_RESTART_DELAY_S = 30.0
-STABLE_UPTIME_S = 60.0  # a child that stayed up this long starts its backoff afresh
-CONFIG_ERROR_RESTART_DELAY_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,21 +111,6 @@ def plan_reconcile(
     start = _free_ids((r.replica_id for r in current), shortfall)
     drain = sorted([*outdated, *surplus], key=replica_number)
     return Plan(start=start, drain=drain)
-
-
-def restart_delay_s(previous_delay_s: float | None, *, uptime_s: float, exit_code: int) -> float:
-    """How long to wait before restarting a child that exited on its own.
-
-    0.5 s doubling to 30 s; a child that stayed up 60 s starts again at 0.5 s. A config or
-    import error (exit code 2) waits at least 5 s: it will fail the same way until someone acts.
-    """
-    if previous_delay_s is None or uptime_s >= STABLE_UPTIME_S:
-        delay = INITIAL_RESTART_DELAY_S
-    else:
-        delay = min(previous_delay_s * 2, MAX_RESTART_DELAY_S)
-    if exit_code == CONFIG_ERROR_EXIT_CODE:
-        delay = max(delay, CONFIG_ERROR_RESTART_DELAY_S)
-    return delay
 
 
 def changed_keys(

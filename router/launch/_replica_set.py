@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config import ClusterConfig
-from router._control import RuntimeDir
-from router._launcher_plan import Plan, ReplicaRecord, plan_reconcile, replica_number
-from router._launcher_text import healthy_replicas
-from router._supervisor import ExitInfo, Supervised, log
+from common.status import RouterStatusDocument
+from router.launch._control import RuntimeDir
+from router.launch._plan import Plan, ReplicaRecord, plan_reconcile, replica_number
+from router.launch._supervisor import ExitInfo, Supervised, log
+from router.launch._text import healthy_replicas
 
 __all__ = ["Generation", "ReplicaSet", "ReplicaSlot"]
 
@@ -34,7 +35,7 @@ DRAIN_MARGIN_S = 5.0  # on top of graceful_shutdown_timeout_s before a replica i
 POLL_INTERVAL_S = 0.25
 _LISTENING = re.compile(r"modelplex replica (\S+) listening on (\S+)")
 
-StatusFetcher = Callable[[], Awaitable[Mapping[str, Any] | None]]
+StatusFetcher = Callable[[], Awaitable[RouterStatusDocument | None]]
 
 
 @dataclass(frozen=True)

@@ -14,31 +14,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
+import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 
 from common.addresses import reachable_url
 from common.config import ClusterConfig, ConfigError, dump_config, load_config
-from router._control import LauncherInfo, control_request, find_launcher, running_launchers
-from router._launcher_text import format_status
+from common.status import RouterStatusDocument
+from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
+from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
+from router.launch._launcher import run_launcher
+from router.launch._text import format_status, status_document
 
 __all__ = ["default_config_path", "main"]
 
-CONFIG_ERROR = 2
 POLL_INTERVAL_S = 0.5
+EXAMPLES_PACKAGE = "examples"
+DEFAULT_CONFIG_FILE = "default.yaml"
 
 
 def default_config_path() -> Path:
-    """The config `modelplex up` serves without one: `examples/default.yaml`."""
-    import examples
-
-    return Path(examples.__file__).parent / "default.yaml"
+    """The config `modelplex up` serves without one: `default.yaml` of the `examples` package,
+    found without importing it (the launcher runs deployments, it does not import them)."""
+    spec = importlib.util.find_spec(EXAMPLES_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the {EXAMPLES_PACKAGE!r} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_CONFIG_FILE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,11 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_server(name: str, argv: list[str]) -> int:
-    module = importlib.import_module(f"{name}.__main__")
-    entry = getattr(module, "main", None) or getattr(module, f"run_{name}")
-    server_main: Callable[[list[str]], int | None] = entry
-    return server_main(argv) or 0
+def _run_server(name: str, argv: list[str]) -> NoReturn:
+    """Become `python -m router|replica ARGS...`: the servers are programs of their own."""
+    os.execv(sys.executable, [sys.executable, "-m", name, *argv])
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -132,9 +137,7 @@ def _up(args: argparse.Namespace) -> int:
     path = args.config or str(default_config_path())
     config = _load(path)
     if config is None:
-        return CONFIG_ERROR
-    from router.launcher import run_launcher
-
+        return CONFIG_ERROR_EXIT_CODE
     return run_launcher(
         Path(path), config, startup_timeout_s=args.startup_timeout, bundled=not args.config
     )
@@ -146,7 +149,7 @@ def _up(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
-        return CONFIG_ERROR
+        return CONFIG_ERROR_EXIT_CODE
     port = args.port or config.router.port
     info = find_launcher(port=port, config_path=None if args.port else args.config)
     if info is None:
@@ -168,7 +171,7 @@ async def _apply_to(
     status, result = await control_request(info, "POST", "/apply", body)
     if status != 200:
         error = result.get("error") or {}
-        code = CONFIG_ERROR if error.get("code") == "invalid_config" else 1
+        code = CONFIG_ERROR_EXIT_CODE if error.get("code") == "invalid_config" else 1
         return _fail(f"{args.config}: {error.get('message', f'HTTP {status}')}", code)
     generation = int(result["generation"])
     print(f"generation {generation} on {info.router_url}: {result['plan']['summary']}")
@@ -228,7 +231,7 @@ def _broken_replicas(state: dict[str, Any], generation: int) -> list[dict[str, A
         for r in state.get("replicas") or []
         if r.get("generation", 0) >= generation
         and r.get("phase") == "backoff"
-        and (r.get("last_exit") or {}).get("code") == CONFIG_ERROR
+        and (r.get("last_exit") or {}).get("code") == CONFIG_ERROR_EXIT_CODE
     ]
 
 
@@ -242,7 +245,7 @@ def _status(args: argparse.Namespace) -> int:
     elif args.config:
         config = _load(args.config)
         if config is None:
-            return CONFIG_ERROR
+            return CONFIG_ERROR_EXIT_CODE
         launcher = find_launcher(port=config.router.port, config_path=args.config)
         if launcher is not None:
             url = launcher.router_url
@@ -260,7 +263,7 @@ def _status(args: argparse.Namespace) -> int:
     return asyncio.run(_show_status(url, launcher, as_json=args.json))
 
 
-async def _fetch_status(url: str) -> tuple[int, dict[str, Any] | None]:
+async def _fetch_status(url: str) -> tuple[int, RouterStatusDocument | None]:
     timeout = aiohttp.ClientTimeout(total=5.0)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
@@ -269,7 +272,7 @@ async def _fetch_status(url: str) -> tuple[int, dict[str, Any] | None]:
         if response.status != 200:
             return response.status, None
         data = await response.json(content_type=None)
-        return response.status, data if isinstance(data, dict) else None
+        return response.status, status_document(data)
 
 
 async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool) -> int:
@@ -279,6 +282,8 @@ async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool
         return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
     except ValueError:
         return _fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
+    if document is None and code == 200:
+        return _fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
     if document is None:
         return _fail(f"{url}/-/status answered HTTP {code}")
     if as_json:
@@ -306,7 +311,3 @@ async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
             code = f", last exit code {last['code']}" if last else ""
             lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
     return lines
-
-
-if __name__ == "__main__":
-    sys.exit(main())

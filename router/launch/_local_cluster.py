@@ -1,0 +1,284 @@
+"""A local cluster for tests and benchmarks: a router and N replicas as real processes.
+
+`LocalCluster` writes a config (the router on 127.0.0.1, every port ephemeral) into a working
+directory, starts `python -m router` and N `python -m replica` as a user runs them, with a fresh
+cluster secret in their environment (the launcher's `child_environment`), waits until the router
+shows every replica healthy, reads the router's `/-/status` and the replicas' load counters, and
+stops every process it started. It is synchronous (a thread per child collects its output), so a
+test or a script drives it without an event loop; `wait_for` is its one poll with a deadline.
+
+Unlike `modelplex up`, nothing is restarted: a test that kills a replica sees it stay down.
+
+Invariants:
+- `start()` returns with every replica healthy, or raises `ClusterFailed` carrying the last
+  lines of each process after stopping them all.
+- After `close()` no process it started is left, and a working directory it created is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import yaml
+
+from common.auth import generate_secret
+from common.status import ReplicaStatusDocument, RouterStatusDocument
+from router.launch._launcher import child_environment
+
+__all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "wait_for"]
+
+SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
+POLL_INTERVAL_S = 0.02
+STOP_TIMEOUT_S = 15.0
+TAIL_LINES = 30
+LISTENING = re.compile(r"listening on (http://\S+)")
+LOAD_COUNTER = re.compile(
+    r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\}\s+(\S+)$", re.MULTILINE
+)
+_IMPORT_ROOT = Path(__file__).resolve().parents[2]  # children import modelplex from here too
+
+_T = TypeVar("_T")
+
+
+class ClusterFailed(RuntimeError):
+    """A process of the cluster exited, or the cluster did not become ready in time."""
+
+
+def wait_for(condition: Callable[[], _T], timeout_s: float, what: str) -> _T:
+    """Poll `condition` until it returns something truthy, and return that; `TimeoutError`
+    naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _get(url: str, timeout_s: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        body: bytes = response.read()
+    return body
+
+
+class ChildProcess:
+    """A child process in its own session whose output (stdout and stderr interleaved) a
+    background thread collects in `lines`."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path):
+        self.name = name
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def url(self, timeout_s: float = 60.0) -> str:
+        """The URL of the first `listening on http://...` line; `ClusterFailed` if the process
+        exits first."""
+
+        def find() -> str:
+            for line in self.lines:
+                match = LISTENING.search(line)
+                if match:
+                    return match.group(1)
+            if not self.alive():
+                raise ClusterFailed(f"{self.name} exited:\n{self.output(TAIL_LINES)}")
+            return ""
+
+        return wait_for(find, timeout_s, f"{self.name} to listen")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """The exit code, once the process has exited."""
+        return self.popen.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`; idempotent."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._reader.join(timeout=5)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+    def output(self, last: int | None = None) -> str:
+        """What the process printed, or its `last` lines."""
+        return "\n".join(self.lines if last is None else self.lines[-last:])
+
+
+class LocalCluster:
+    """A router and `num_replicas` replicas of `import_path` on this machine; a context manager.
+
+    `deployment` and `router` hold further keys of the config's sections (the config's defaults
+    otherwise); `workdir` holds the config and is the children's working directory (None: a
+    temporary directory, removed by `close()`).
+    """
+
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        num_replicas: int = 2,
+        import_path: str = SYNTHETIC_IMPORT_PATH,
+        init_kwargs: Mapping[str, Any] | None = None,
+        deployment: Mapping[str, Any] | None = None,
+        router: Mapping[str, Any] | None = None,
+        router_log_level: str | None = None,
+        ready_timeout_s: float = 60.0,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="modelplex-")) if workdir is None else workdir
+        self.num_replicas = num_replicas
+        self.secret = generate_secret()
+        self.config_path = self.workdir / "cluster.yaml"
+        config = {
+            "router": {**(router or {}), "host": "127.0.0.1", "port": 0},
+            "deployment": {
+                **(deployment or {}),
+                "import_path": import_path,
+                "init_kwargs": dict(init_kwargs or {}),
+                "num_replicas": num_replicas,
+            },
+        }
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.router: ChildProcess | None = None
+        self.replicas: dict[str, ChildProcess] = {}
+        self.url = ""
+        self._router_log_level = router_log_level
+        self._ready_timeout_s = ready_timeout_s
+        self._env = child_environment(self.secret, self.workdir, _IMPORT_ROOT)
+
+    def start(self) -> LocalCluster:
+        """Start the router, then the replicas; return once all of them are healthy."""
+        argv = [sys.executable, "-m", "router", "--config", str(self.config_path)]
+        if self._router_log_level is not None:
+            argv += ["--log-level", self._router_log_level]
+        try:
+            self.router = ChildProcess("router", argv, env=self._env, cwd=self.workdir)
+            self.url = self.router.url(self._ready_timeout_s)
+            for number in range(1, self.num_replicas + 1):
+                self.start_replica(f"replica-{number}")
+            self.wait_healthy(self.num_replicas, self._ready_timeout_s)
+        except (ClusterFailed, TimeoutError) as err:
+            self.close()
+            raise ClusterFailed(f"{err}\n{self.logs(TAIL_LINES)}") from err
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start_replica(self, replica_id: str) -> ChildProcess:
+        """Start one more replica process (it joins the router; nothing waits for it)."""
+        argv = [sys.executable, "-m", "replica", "--config", str(self.config_path)]
+        argv += ["--replica-id", replica_id, "--router", self.url, "--port", "0"]
+        process = ChildProcess(replica_id, argv, env=self._env, cwd=self.workdir)
+        self.replicas[replica_id] = process
+        return process
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- reading the cluster -------------------------------------------------------------------
+
+    def status(self) -> RouterStatusDocument:
+        """The router's `/-/status`."""
+        document: RouterStatusDocument = json.loads(_get(self.url + "/-/status"))
+        return document
+
+    def healthy(self) -> list[ReplicaStatusDocument]:
+        return [r for r in self.status()["replicas"] if r["state"] == "healthy"]
+
+    def wait_healthy(self, count: int, timeout_s: float = 60.0) -> None:
+        """Wait until the router shows exactly `count` healthy replicas."""
+        wait_for(lambda: len(self.healthy()) == count, timeout_s, f"{count} healthy replicas")
+
+    def replica_urls(self) -> dict[str, str]:
+        return {r["replica_id"]: r["url"] for r in self.status()["replicas"]}
+
+    def replica_models(self, replica_id: str) -> list[str]:
+        """The models the router shows on `replica_id`, least recently used first."""
+        for replica in self.status()["replicas"]:
+            if replica["replica_id"] == replica_id:
+                return [m["model_id"] for m in replica["models"]]
+        return []
+
+    def load_counts(self) -> dict[str, int]:
+        """Per replica, the sum of its `serve_multiplexed_models_load_counter` series, read from
+        its `/-/metrics`."""
+        counts: dict[str, int] = {}
+        for replica_id, url in self.replica_urls().items():
+            text = _get(url + "/-/metrics").decode()
+            counts[replica_id] = int(sum(float(v) for v in LOAD_COUNTER.findall(text)))
+        return counts
+
+    def pids(self) -> dict[str, int]:
+        """Process ids by name: "router", "replica-1", ..."""
+        named = {"router": self.router.pid} if self.router is not None else {}
+        return named | {name: p.pid for name, p in self.replicas.items()}
+
+    def logs(self, last: int | None = None) -> str:
+        """What each process printed (or its `last` lines), for an error message."""
+        processes = [p for p in [self.router, *self.replicas.values()] if p is not None]
+        return "\n".join(f"--- {p.name}\n{p.output(last)}" for p in processes)
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the replicas (all signalled at once, so they drain in parallel), then the
+        router; remove the working directory if this cluster made it. Idempotent."""
+        for process in self.replicas.values():
+            process.signal(signal.SIGTERM)
+        for process in self.replicas.values():
+            process.stop()
+        if self.router is not None:
+            self.router.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
