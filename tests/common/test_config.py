@@ -29,6 +29,10 @@ router:
   request_timeout_s: 60
   retry_on_replica_failure: false
   max_replay_body_bytes: 0
+  retry_budget_ratio: 0.5
+  retry_budget_min_per_s: 0
+  breaker_failures: 2
+  breaker_cooldown_s: 0.5
   popular_model_patience: 10
 deployment:
   import_path: examples.tenants:TenantModels
@@ -87,6 +91,10 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         request_timeout_s=60.0,
         retry_on_replica_failure=False,
         max_replay_body_bytes=0,
+        retry_budget_ratio=0.5,
+        retry_budget_min_per_s=0.0,
+        breaker_failures=2,
+        breaker_cooldown_s=0.5,
         popular_model_patience=10.0,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
@@ -204,6 +212,10 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "max_queued_requests", -1),
         ("router", "max_replay_body_bytes", -1),
         ("router", "popular_model_patience", -1),
+        ("router", "retry_budget_ratio", 1.5),
+        ("router", "retry_budget_min_per_s", -1),
+        ("router", "breaker_failures", 0),
+        ("router", "breaker_cooldown_s", 0),
         ("router", "popular_model_patience", math.inf),
         ("router", "queue_timeout_s", 0),
         ("router", "request_timeout_s", -5.0),
@@ -406,6 +418,10 @@ ROUTER = st.fixed_dictionaries(
         "retry_on_replica_failure": st.booleans(),
         "max_replay_body_bytes": st.integers(min_value=0),
         "popular_model_patience": st.none() | st.floats(0, 1e6),
+        "retry_budget_ratio": st.floats(0, 1),
+        "retry_budget_min_per_s": st.floats(0, 1e6),
+        "breaker_failures": st.integers(min_value=1),
+        "breaker_cooldown_s": SECONDS,
     },
 )
 

@@ -84,7 +84,7 @@ def test_the_retry_budget_has_a_reserve_then_a_share_of_the_requests() -> None:
 
 
 @given(st.lists(st.tuples(st.floats(0, 0.9), st.booleans()), max_size=200))
-def test_retries_never_exceed_the_reserve_plus_the_share_over_any_window(
+def test_a_retry_is_allowed_only_within_the_reserve_plus_the_share_of_its_window(
     events: list[tuple[float, bool]],
 ) -> None:
     budget = RetryBudget(ratio=0.2, min_per_s=0.5, window_s=5)
@@ -97,5 +97,5 @@ def test_retries_never_exceed_the_reserve_plus_the_share_over_any_window(
             log.append((now, "request"))
         elif budget.try_retry(now):
             log.append((now, "retry"))
-        window = [kind for t, kind in log if int(t) > int(now) - 5]
-        assert window.count("retry") <= 0.5 * 5 + 0.2 * window.count("request")
+            window = [kind for t, kind in log if int(t) > int(now) - 5]
+            assert window.count("retry") <= 0.5 * 5 + 0.2 * window.count("request")
