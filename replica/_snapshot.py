@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from common.model_id import InvalidModelId, validate_model_id
 from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, ReplicaSnapshot
-from replica._cache import CacheState
+from replica._cache_core import CacheState
 from replica._metrics import CacheMetrics
 
 __all__ = [
