@@ -12,6 +12,8 @@ router sees one replica, so they are merged here:
   unlimited capacity has no limit;
 - ids the wire format refuses (a loader may be called with any non-empty string) are left out,
   so one odd id never silences the whole report.
+
+`state_document` turns a snapshot into the JSON document of the replica's `GET /-/state`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import functools
 from collections.abc import Iterable, Sequence
 
 from common.model_id import InvalidModelId, validate_model_id
+from common.status import ReplicaStateDocument, ResidentModelDocument
 from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, ReplicaSnapshot
 from replica._cache_core import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
@@ -30,6 +33,7 @@ __all__ = [
     "combined_capacity",
     "combined_load_limit",
     "mean_load_ms",
+    "state_document",
 ]
 
 DEFAULT_CAPACITY = 3
@@ -149,4 +153,25 @@ def build_snapshot(
         max_concurrent_loads=combined_load_limit(
             states, fallback_capacity=fallback_capacity, fallback=fallback_max_concurrent_loads
         ),
+    )
+
+
+def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:
+    """`snapshot` as the replica's `/-/state` document (JSON-ready)."""
+    return ReplicaStateDocument(
+        replica_id=snapshot.replica_id,
+        incarnation=snapshot.incarnation,
+        sequence=snapshot.sequence,
+        url=snapshot.url,
+        capacity=snapshot.capacity,
+        models=[
+            ResidentModelDocument(model_id=m.model_id, idle_s=m.idle_s, in_use=m.in_use)
+            for m in snapshot.models
+        ],
+        loading=list(snapshot.loading),
+        in_flight=snapshot.in_flight,
+        max_ongoing_requests=snapshot.max_ongoing_requests,
+        draining=snapshot.draining,
+        load_ms_avg=snapshot.load_ms_avg,
+        max_concurrent_loads=snapshot.max_concurrent_loads,
     )

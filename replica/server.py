@@ -5,6 +5,7 @@ pins live exactly as long as the answer is being sent), calls the deployment and
 its result or exception into HTTP (`replica._respond`). It counts requests in flight, serves
 `/-/healthz`, `/-/state` and `/-/metrics`, reports the caches' state to every router
 (`replica._reporter`), and drains gracefully.
+Reading the state (`/-/state`) changes nothing: only a report takes a sequence number.
 
 Error answers are JSON `{"error": {"code", "message"}}` with a stable code:
 `invalid_model_id` (400), `model_slot_timeout` (503, Retry-After), `draining` (503, Retry-After),
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import time
@@ -40,7 +40,7 @@ from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
 from replica._reporter import Reporter
 from replica._respond import respond
 from replica._runtime import runtime
-from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms
+from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms, state_document
 
 __all__ = ["COLD_HEADER", "REPLICA_HEADER", "ReplicaServer"]
 
@@ -118,7 +118,7 @@ class ReplicaServer:
         """Advertise `url` to the routers and start reporting; raises ValueError if the
         replica id or the url cannot be reported."""
         self.url = url
-        encode_snapshot(self.snapshot())  # WireError (a ValueError) names what is wrong
+        encode_snapshot(self.state())  # WireError (a ValueError) names what is wrong
         runtime.add_listener(lambda _event: self.reporter.notify())
         self.reporter.start()
 
@@ -171,14 +171,23 @@ class ReplicaServer:
     # -- state -----------------------------------------------------------------------------
 
     def snapshot(self) -> ReplicaSnapshot:
-        """The replica's state now, with the next sequence number."""
+        """The next report: the state now, with the next sequence number (taken: each report
+        is newer than the last, which is what a router checks before applying one)."""
         self._sequence += 1
+        return self._snapshot(self._sequence)
+
+    def state(self) -> ReplicaSnapshot:
+        """The state now, for reading: it carries the sequence number the next report will
+        take, and takes none."""
+        return self._snapshot(self._sequence + 1)
+
+    def _snapshot(self, sequence: int) -> ReplicaSnapshot:
         caches = runtime.caches()
         override = runtime.capacity_override
         return build_snapshot(
             replica_id=self.replica_id,
             incarnation=self.incarnation,
-            sequence=self._sequence,
+            sequence=sequence,
             url=self.url or "",
             states=[cache.state() for cache in caches],
             fallback_capacity=DEFAULT_CAPACITY if override is None else override,
@@ -292,9 +301,7 @@ class ReplicaServer:
         return self._reserved(request, answer)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
-        return self._reserved(
-            request, lambda: web.json_response(dataclasses.asdict(self.snapshot()))
-        )
+        return self._reserved(request, lambda: web.json_response(state_document(self.state())))
 
     async def _metrics_text(self, request: web.Request) -> web.StreamResponse:
         return self._reserved(

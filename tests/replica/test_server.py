@@ -17,6 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.status import ReplicaStateDocument
+from common.wire import decode_snapshot
 from replica import get_multiplexed_model_id, multiplexed
 from replica._cli import run_replica
 from replica._runtime import runtime
@@ -367,6 +369,22 @@ async def test_healthz_state_and_metrics(start_replica: StartReplica) -> None:
     async with replica.client.post("/-/healthz") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_reading_the_state_takes_no_report_sequence(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    reads = []
+    for _ in range(2):
+        async with replica.client.get("/-/state") as resp:
+            reads.append(await resp.json())
+    assert set(reads[0]) == set(ReplicaStateDocument.__annotations__)
+    assert reads[0]["sequence"] == reads[1]["sequence"]
+    frame = replica.server.reporter.fresh_frame()  # the next report to the routers
+    assert frame is not None
+    sequence = decode_snapshot(frame).sequence
+    assert sequence == reads[0]["sequence"]
+    async with replica.client.get("/-/state") as resp:
+        assert (await resp.json())["sequence"] == sequence + 1
 
 
 # -- drain ---------------------------------------------------------------------------------
