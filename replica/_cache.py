@@ -112,7 +112,9 @@ class ModelCache(Generic[M]):
         slot_timeout_s: float = 300.0,
         max_concurrent_loads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "",
     ) -> None:
+        self.name = name  # its loader's qualified name, e.g. "Deployment.load_model"
         self._core = CacheCore(capacity=capacity, max_concurrent_loads=max_concurrent_loads)
         self.slot_timeout_s = slot_timeout_s
         self.metrics = CacheMetrics()
@@ -148,6 +150,10 @@ class ModelCache(Generic[M]):
     def __len__(self) -> int:
         """Models resident or loading: the slots taken."""
         return len(self._core)
+
+    def holds(self, model_id: str) -> bool:
+        """`model_id` is resident or loading."""
+        return self._core.holds(model_id)
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener` synchronously on every change; it must not raise or block."""

@@ -140,6 +140,10 @@ class CacheCore:
                 loading.append(entry.model_id)
         return CacheState(self._capacity, tuple(models), tuple(loading), self.max_concurrent_loads)
 
+    def holds(self, model_id: str) -> bool:
+        """`model_id` is resident or loading."""
+        return model_id in self._entries
+
     def is_resident(self, model_id: str) -> bool:
         entry = self._entries.get(model_id)
         return entry is not None and entry.phase is _Phase.RESIDENT

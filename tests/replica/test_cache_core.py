@@ -26,6 +26,8 @@ def test_a_miss_takes_a_slot_and_pins_the_loading_model() -> None:
     core = CacheCore(capacity=2)
     assert core.acquire("a", 1.0) == Acquired(Acquisition.NEW_LOAD, turn=True)
     assert core.state().loading == ("a",)
+    assert core.holds("a")
+    assert not core.is_resident("a")
     assert core.pins("a") == 1
     assert core.acquire("a", 2.0).kind is Acquisition.LOADING  # one load per model
     assert core.pins("a") == 2
