@@ -16,6 +16,9 @@ Invariants it keeps:
   and their waiters get `CacheClosed`;
 - an evicted model's `__del__` runs once, and its failure never fails a request.
 
+The rules (slots, pins, victims, load turns) are `replica._cache_core.CacheCore`'s, asked for
+every decision; this layer runs them on asyncio: futures for the gets waiting on a load or a
+slot, the loader and cleanup calls, the metrics (timed on the injected clock) and the events.
 Every change (load started, loaded, load failed, evicted) is announced to the listeners, which
 the replica's reporter turns into a state report. No HTTP here: only models, slots and pins.
 """
@@ -26,12 +29,11 @@ import asyncio
 import enum
 import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from common.wire import UNLIMITED_CAPACITY as UNLIMITED
+from replica._cache_core import UNLIMITED, Acquired, Acquisition, CacheCore, CacheState
 from replica._cleanup import run_cleanup
 from replica._context import RequestScope, current_scope
 from replica._metrics import CacheMetrics
@@ -41,10 +43,8 @@ __all__ = [
     "CacheClosed",
     "CacheEvent",
     "CacheEventKind",
-    "CacheState",
     "ModelCache",
     "ModelSlotTimeout",
-    "ResidentModel",
     "check_model_id",
 ]
 
@@ -66,21 +66,6 @@ class CacheEvent:
     model_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class ResidentModel:
-    model_id: str
-    last_used: float  # on the cache's clock, seconds
-    pins: int
-
-
-@dataclass(frozen=True, slots=True)
-class CacheState:
-    capacity: int
-    models: tuple[ResidentModel, ...]  # least recently used first
-    loading: tuple[str, ...]  # running loads and those waiting for their turn
-    max_concurrent_loads: int | None = None
-
-
 class ModelSlotTimeout(TimeoutError):
     """Every slot stayed held by running requests for longer than the slot timeout."""
 
@@ -98,17 +83,19 @@ def check_model_id(model_id: object) -> str:
     return model_id
 
 
-class _Entry(Generic[M]):
-    """A model in the cache: loading while `ready` is set, resident once it is None."""
+class _Load(Generic[M]):
+    """A load under way or waiting for its turn: what its gets await."""
 
-    __slots__ = ("last_used", "model", "model_id", "pins", "ready")
+    __slots__ = ("failed", "ready", "turn")
 
-    def __init__(self, model_id: str, ready: asyncio.Future[M], now: float) -> None:
-        self.model_id = model_id
-        self.model: M | None = None
-        self.ready: asyncio.Future[M] | None = ready
-        self.pins = 0
-        self.last_used = now
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, turn: bool) -> None:
+        self.ready: asyncio.Future[M] = loop.create_future()
+        # A load nobody waits for any more (all cancelled) must not log "never retrieved".
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.turn: asyncio.Future[bool] = loop.create_future()  # False: the cache shut down
+        if turn:
+            self.turn.set_result(True)
+        self.failed = False  # its entry and the pins on it are gone
 
 
 Listener = Callable[[CacheEvent], None]
@@ -125,43 +112,48 @@ class ModelCache(Generic[M]):
         slot_timeout_s: float = 300.0,
         max_concurrent_loads: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "",
     ) -> None:
-        if capacity != UNLIMITED and capacity < 1:
-            raise ValueError(f"capacity must be positive or {UNLIMITED}, got {capacity}")
-        if max_concurrent_loads is not None and max_concurrent_loads < 1:
-            raise ValueError(f"max_concurrent_loads must be None or >= 1: {max_concurrent_loads}")
-        self.capacity = capacity
+        self.name = name  # its loader's qualified name, e.g. "Deployment.load_model"
+        self._core = CacheCore(capacity=capacity, max_concurrent_loads=max_concurrent_loads)
         self.slot_timeout_s = slot_timeout_s
-        self.max_concurrent_loads = max_concurrent_loads
         self.metrics = CacheMetrics()
-        self._loader = loader
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry[M]] = OrderedDict()  # LRU first
+        self._loader = loader
+        self._models: dict[str, M] = {}  # the resident ones
+        self._loads: dict[str, _Load[M]] = {}  # the loading ones
         self._listeners: list[Listener] = []
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loads_running = 0  # loads holding a turn: unloading their victim or loading
-        self._load_queue: deque[asyncio.Future[bool]] = deque()  # turns not granted yet
         self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self._core.capacity
+
+    @capacity.setter
+    def capacity(self, capacity: int) -> None:
+        self._core.capacity = capacity
+
+    @property
+    def max_concurrent_loads(self) -> int | None:
+        return self._core.max_concurrent_loads
 
     # -- reading ---------------------------------------------------------------------------
 
     def state(self) -> CacheState:
-        models = tuple(
-            ResidentModel(e.model_id, e.last_used, e.pins)
-            for e in self._entries.values()
-            if e.ready is None
-        )
-        loading = tuple(e.model_id for e in self._entries.values() if e.ready is not None)
-        return CacheState(self.capacity, models, loading, self.max_concurrent_loads)
+        return self._core.state()
 
     def __contains__(self, model_id: object) -> bool:
-        entry = self._entries.get(model_id) if isinstance(model_id, str) else None
-        return entry is not None and entry.ready is None
+        return isinstance(model_id, str) and self._core.is_resident(model_id)
 
     def __len__(self) -> int:
         """Models resident or loading: the slots taken."""
-        return len(self._entries)
+        return len(self._core)
+
+    def holds(self, model_id: str) -> bool:
+        """`model_id` is resident or loading."""
+        return self._core.holds(model_id)
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener` synchronously on every change; it must not raise or block."""
@@ -181,17 +173,18 @@ class ModelCache(Generic[M]):
         check_model_id(model_id)
         self.metrics.get_model_requests += 1
         scope = current_scope()
+        hint = scope.evict_hint if scope is not None else None
         deadline: float | None = None
         while True:
             if self._closed:
                 raise CacheClosed("the model cache is shut down; the replica is draining")
-            entry = self._entries.get(model_id)
-            if entry is not None:
-                return await self._use(entry, scope)
-            victim = self._victim(scope.evict_hint if scope is not None else "")
-            if victim is not None or self._has_free_slot():
-                self._start_load(model_id, victim)
-                continue
+            got = self._core.acquire(model_id, self._clock(), evict_hint=hint)
+            if got.kind is Acquisition.RESIDENT:
+                return self._hold(model_id, self._models[model_id], scope)
+            if got.kind is Acquisition.NEW_LOAD:
+                self._start_load(model_id, got)
+            if got.kind is not Acquisition.NO_SLOT:
+                return await self._await_load(model_id, scope)
             loop = asyncio.get_running_loop()
             if deadline is None:
                 deadline = loop.time() + self.slot_timeout_s
@@ -205,56 +198,40 @@ class ModelCache(Generic[M]):
                 )
             await self._wait_for_slot(remaining)
 
-    async def _use(self, entry: _Entry[M], scope: RequestScope | None) -> M:
-        self._entries.move_to_end(entry.model_id)
-        entry.last_used = self._clock()
-        entry.pins += 1
-        if entry.ready is None:
-            model = entry.model
-        else:
-            if scope is not None:
-                scope.waited_for_load = True
-            try:
-                model = await asyncio.shield(entry.ready)
-            except BaseException:
-                self._unpin(entry)
-                raise
+    async def _await_load(self, model_id: str, scope: RequestScope | None) -> M:
+        """Wait for the load of `model_id`, which this get has pinned."""
+        if scope is not None:
+            scope.waited_for_load = True
+        load = self._loads[model_id]
+        try:
+            model = await asyncio.shield(load.ready)
+        except BaseException:
+            if not load.failed:  # this get was cancelled: its pin is still there
+                self._release(model_id)
+            raise
+        return self._hold(model_id, model, scope)
+
+    def _hold(self, model_id: str, model: M, scope: RequestScope | None) -> M:
+        """Keep this get's pin until its request ends (none outside a request)."""
         if scope is None:
-            self._unpin(entry)
-        else:
-            released = False
+            self._release(model_id)
+            return model
+        released = False
 
-            def release() -> None:
-                nonlocal released
-                if not released:
-                    released = True
-                    self._unpin(entry)
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release(model_id)
 
-            scope.hold(release)
-        return model  # type: ignore[return-value]  # resident entries always hold a model
+        scope.hold(release)
+        return model
 
-    def _unpin(self, entry: _Entry[M]) -> None:
-        entry.pins -= 1
-        if entry.pins == 0:
+    def _release(self, model_id: str) -> None:
+        if self._core.release(model_id):
             self._wake_slot_waiters()
 
-    # -- slots and eviction ----------------------------------------------------------------
-
-    def _has_free_slot(self) -> bool:
-        return self.capacity == UNLIMITED or len(self._entries) < self.capacity
-
-    def _victim(self, hint: str = "") -> _Entry[M] | None:
-        """The model to evict when the cache is full: the router's `hint` if it is resident
-        and unpinned, else the least recently used unpinned resident model."""
-        if self._has_free_slot():
-            return None
-        hinted = self._entries.get(hint) if hint else None
-        if hinted is not None and hinted.ready is None and hinted.pins == 0:
-            return hinted
-        for entry in self._entries.values():
-            if entry.ready is None and entry.pins == 0:
-                return entry
-        return None
+    # -- slots and loads -------------------------------------------------------------------
 
     async def _wait_for_slot(self, timeout_s: float) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -273,74 +250,71 @@ class ModelCache(Generic[M]):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _start_load(self, model_id: str, victim: _Entry[M] | None) -> None:
+    def _start_load(self, model_id: str, got: Acquired) -> None:
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[M] = loop.create_future()
-        # A load nobody waits for any more (all cancelled) must not log "never retrieved".
-        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        if victim is not None:
-            del self._entries[victim.model_id]
-            self._emit(CacheEventKind.EVICTED, victim.model_id)
-        self._entries[model_id] = _Entry(model_id, ready, self._clock())
+        victim: tuple[str, M] | None = None
+        if got.victim is not None:
+            victim = (got.victim, self._models.pop(got.victim))
+            self._emit(CacheEventKind.EVICTED, got.victim)
+        load: _Load[M] = _Load(loop, turn=got.turn)
+        self._loads[model_id] = load
         self._emit(CacheEventKind.LOAD_STARTED, model_id)
-        task = loop.create_task(self._load(model_id, ready, victim, self._take_turn(loop)))
+        task = loop.create_task(self._load(model_id, load, victim))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load(
-        self,
-        model_id: str,
-        ready: asyncio.Future[M],
-        victim: _Entry[M] | None,
-        turn: asyncio.Future[bool],
-    ) -> None:
+    async def _load(self, model_id: str, load: _Load[M], victim: tuple[str, M] | None) -> None:
         called = False
         try:
             if victim is not None:  # free the memory before the new model takes it
-                await self._unload(victim.model_id, victim.model)
-            if not await turn:
+                await self._unload(*victim)
+            if not await load.turn:
                 raise CacheClosed(f"the model cache shut down before {model_id!r} could load")
             called = True
-            started = time.perf_counter()
+            started = self._clock()
             model = await self._loader(model_id)
         except BaseException as exc:
-            self._end_turn(turn)
-            self._forget(model_id, ready)
+            del self._loads[model_id]
+            load.failed = True
+            self._give_turn(self._core.load_failed(model_id).next_turn)
             if called:
                 self.metrics.load_failures += 1
             if isinstance(exc, asyncio.CancelledError):
-                ready.cancel()
+                load.ready.cancel()
             else:
-                ready.set_exception(exc)
+                load.ready.set_exception(exc)
             self._emit(CacheEventKind.LOAD_FAILED, model_id)
-            self._wake_slot_waiters()
+            self._wake_slot_waiters()  # its slot is free
             if not isinstance(exc, Exception):
                 raise
             return
-        self._end_turn(turn)
+        del self._loads[model_id]
+        self._models[model_id] = model
+        ended = self._core.loaded(model_id)
+        self._give_turn(ended.next_turn)
         self.metrics.loads += 1
-        self.metrics.load_latency_ms.observe((time.perf_counter() - started) * 1000)
-        entry = self._entries[model_id]  # a loading entry leaves only through this task
-        entry.model = model
-        entry.ready = None
-        ready.set_result(model)
+        self.metrics.load_latency_ms.observe((self._clock() - started) * 1000)
+        load.ready.set_result(model)
         self._emit(CacheEventKind.LOADED, model_id)
-        if entry.pins == 0:
+        if ended.slot_freed:
             self._wake_slot_waiters()
 
-    def _forget(self, model_id: str, ready: asyncio.Future[M]) -> None:
-        entry = self._entries.get(model_id)
-        if entry is not None and entry.ready is ready:
-            del self._entries[model_id]
+    def _give_turn(self, model_id: str | None) -> None:
+        """The core handed the load of `model_id` its turn: let its loader run."""
+        if model_id is None:
+            return
+        turn = self._loads[model_id].turn
+        if not turn.done():  # done: its task was cancelled, and will hand the turn on
+            turn.set_result(True)
 
-    async def _unload(self, model_id: str, model: M | None) -> None:
-        started = time.perf_counter()
+    async def _unload(self, model_id: str, model: M) -> None:
+        started = self._clock()
         try:
             await run_cleanup(model)
         except Exception:
             logger.exception("cleanup of evicted model %r failed", model_id)
         self.metrics.unloads += 1
-        self.metrics.unload_latency_ms.observe((time.perf_counter() - started) * 1000)
+        self.metrics.unload_latency_ms.observe((self._clock() - started) * 1000)
 
     def _emit(self, kind: CacheEventKind, model_id: str) -> None:
         event = CacheEvent(kind, model_id)
@@ -349,34 +323,6 @@ class ModelCache(Generic[M]):
                 listener(event)
             except Exception:
                 logger.exception("cache listener failed on %s", event)
-
-    # -- load turns: at most max_concurrent_loads at once, the rest in FIFO order ----------
-
-    def _take_turn(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]:
-        """A load's turn: resolved True now if one is free, else queued until a load ends;
-        resolved False if the cache shuts down first."""
-        turn: asyncio.Future[bool] = loop.create_future()
-        limit = self.max_concurrent_loads
-        if limit is None or self._loads_running < limit:
-            self._loads_running += 1
-            turn.set_result(True)
-        else:
-            self._load_queue.append(turn)
-        return turn
-
-    def _end_turn(self, turn: asyncio.Future[bool]) -> None:
-        """The load that owns `turn` is over: pass its turn on to the first queued load."""
-        if not turn.done():
-            turn.cancel()  # still queued: the queue skips it
-            return
-        if turn.cancelled() or not turn.result():
-            return  # never held a turn
-        while self._load_queue:
-            queued = self._load_queue.popleft()
-            if not queued.done():
-                queued.set_result(True)
-                return
-        self._loads_running -= 1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -387,14 +333,13 @@ class ModelCache(Generic[M]):
         waiters get `CacheClosed`."""
         self._closed = True
         self._wake_slot_waiters()
-        queued, self._load_queue = self._load_queue, deque()
-        for turn in queued:
+        for model_id in self._core.cancel_queued():
+            turn = self._loads[model_id].turn
             if not turn.done():
                 turn.set_result(False)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        while self._entries:
-            model_id, entry = self._entries.popitem(last=False)
-            self._emit(CacheEventKind.EVICTED, model_id)
-            if entry.ready is None:
-                await self._unload(model_id, entry.model)
+        while (oldest := self._core.drop_oldest()) is not None:
+            self._emit(CacheEventKind.EVICTED, oldest)
+            if oldest in self._models:
+                await self._unload(oldest, self._models.pop(oldest))

@@ -66,6 +66,7 @@ class MultiplexedLoader(Generic[M]):
             capacity=capacity,
             slot_timeout_s=runtime.slot_timeout_s,
             max_concurrent_loads=runtime.max_concurrent_loads,
+            name=self._func.__qualname__,
         )
         runtime.register(cache)
         return cache

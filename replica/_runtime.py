@@ -32,6 +32,15 @@ class ReplicaRuntime:
     def caches(self) -> list[ModelCache[Any]]:
         return list(self._caches)
 
+    def caches_for(self, model_id: str, *, name: str = "") -> list[ModelCache[Any]]:
+        """The caches a load of `model_id` with no request for it (a prefetch) goes to: those
+        whose loader is `name` when one is given; else those holding the model (resident or
+        loading), whose it is; else every cache, as a request using every loader would."""
+        caches = self.caches()
+        if name:
+            return [cache for cache in caches if cache.name == name]
+        return [cache for cache in caches if cache.holds(model_id)] or caches
+
     def add_listener(self, listener: Callable[[CacheEvent], None]) -> None:
         """Listen to every cache, present and future."""
         self._listeners.append(listener)

@@ -12,15 +12,19 @@ router sees one replica, so they are merged here:
   unlimited capacity has no limit;
 - ids the wire format refuses (a loader may be called with any non-empty string) are left out,
   so one odd id never silences the whole report.
+
+`state_document` turns a snapshot into the JSON document of the replica's `GET /-/state`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from common.model_id import InvalidModelId, validate_model_id
+from common.status import ReplicaStateDocument, ResidentModelDocument
 from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, ReplicaSnapshot
-from replica._cache import CacheState
+from replica._cache_core import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
 
 __all__ = [
@@ -29,6 +33,7 @@ __all__ = [
     "combined_capacity",
     "combined_load_limit",
     "mean_load_ms",
+    "state_document",
 ]
 
 DEFAULT_CAPACITY = 3
@@ -76,6 +81,7 @@ def mean_load_ms(metrics: Iterable[CacheMetrics]) -> float | None:
     return total_ms / count if count else None
 
 
+@functools.lru_cache(maxsize=8192)  # a replica reports the same few ids again and again
 def _reportable(model_id: str) -> bool:
     try:
         validate_model_id(model_id)
@@ -85,22 +91,26 @@ def _reportable(model_id: str) -> bool:
 
 
 def _merged_models(states: Sequence[CacheState], now: float) -> tuple[ModelEntry, ...]:
+    models: Iterable[ResidentModel]
     if len(states) == 1:
-        rows = [(m.model_id, m.last_used, m.pins) for m in states[0].models]
+        models = states[0].models
     else:
-        merged: dict[str, tuple[float, int]] = {}
+        merged: dict[str, ResidentModel] = {}
         for state in states:
             for m in state.models:
-                last_used, pins = merged.get(m.model_id, (m.last_used, 0))
-                merged[m.model_id] = (max(last_used, m.last_used), pins + m.pins)
-        rows = sorted(
-            ((model_id, last, pins) for model_id, (last, pins) in merged.items()),
-            key=lambda row: row[1],
-        )
+                seen = merged.get(m.model_id)
+                merged[m.model_id] = (
+                    m
+                    if seen is None
+                    else ResidentModel(
+                        m.model_id, max(seen.last_used, m.last_used), seen.pins + m.pins
+                    )
+                )
+        models = sorted(merged.values(), key=lambda m: m.last_used)
     entries = [
-        ModelEntry(model_id=model_id, idle_s=max(0.0, float(now - last_used)), in_use=pins)
-        for model_id, last_used, pins in rows
-        if _reportable(model_id)
+        ModelEntry(model_id=m.model_id, idle_s=max(0.0, float(now - m.last_used)), in_use=m.pins)
+        for m in models
+        if _reportable(m.model_id)
     ]
     return tuple(entries[-MAX_MODELS_PER_REPORT:])  # the most recently used, if ever too many
 
@@ -143,4 +153,25 @@ def build_snapshot(
         max_concurrent_loads=combined_load_limit(
             states, fallback_capacity=fallback_capacity, fallback=fallback_max_concurrent_loads
         ),
+    )
+
+
+def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:
+    """`snapshot` as the replica's `/-/state` document (JSON-ready)."""
+    return ReplicaStateDocument(
+        replica_id=snapshot.replica_id,
+        incarnation=snapshot.incarnation,
+        sequence=snapshot.sequence,
+        url=snapshot.url,
+        capacity=snapshot.capacity,
+        models=[
+            ResidentModelDocument(model_id=m.model_id, idle_s=m.idle_s, in_use=m.in_use)
+            for m in snapshot.models
+        ],
+        loading=list(snapshot.loading),
+        in_flight=snapshot.in_flight,
+        max_ongoing_requests=snapshot.max_ongoing_requests,
+        draining=snapshot.draining,
+        load_ms_avg=snapshot.load_ms_avg,
+        max_concurrent_loads=snapshot.max_concurrent_loads,
     )

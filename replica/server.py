@@ -3,8 +3,9 @@
 `ReplicaServer` is thin glue: it reads the model id, opens the request's context (the model
 pins live exactly as long as the answer is being sent), calls the deployment and translates
 its result or exception into HTTP (`replica._respond`). It counts requests in flight, serves
-`/-/healthz`, `/-/state` and `/-/metrics`, reports the caches' state to every router
-(`replica._reporter`), and drains gracefully.
+`/-/healthz`, `/-/state` and `/-/metrics`, loads a model the router asks for (`/-/load`),
+reports the caches' state to every router (`replica._reporter`), and drains gracefully.
+Reading the state (`/-/state`) changes nothing: only a report takes a sequence number.
 
 Error answers are JSON `{"error": {"code", "message"}}` with a stable code:
 `invalid_model_id` (400), `model_slot_timeout` (503, Retry-After), `draining` (503, Retry-After),
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import time
@@ -40,7 +40,7 @@ from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
 from replica._reporter import Reporter
 from replica._respond import respond
 from replica._runtime import runtime
-from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms
+from replica._snapshot import DEFAULT_CAPACITY, build_snapshot, mean_load_ms, state_document
 
 __all__ = ["COLD_HEADER", "REPLICA_HEADER", "ReplicaServer"]
 
@@ -49,6 +49,7 @@ logger = logging.getLogger("modelplex.replica")
 REPLICA_HEADER = istr(headers.REPLICA_HEADER)
 COLD_HEADER = istr(headers.COLD_HEADER)
 EVICT_HEADER = istr(headers.EVICT_HEADER)
+CACHE_HEADER = istr("x-modelplex-cache")  # /-/load: the loader whose cache loads the model
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
 
@@ -118,7 +119,7 @@ class ReplicaServer:
         """Advertise `url` to the routers and start reporting; raises ValueError if the
         replica id or the url cannot be reported."""
         self.url = url
-        encode_snapshot(self.snapshot())  # WireError (a ValueError) names what is wrong
+        encode_snapshot(self.state())  # WireError (a ValueError) names what is wrong
         runtime.add_listener(lambda _event: self.reporter.notify())
         self.reporter.start()
 
@@ -171,14 +172,23 @@ class ReplicaServer:
     # -- state -----------------------------------------------------------------------------
 
     def snapshot(self) -> ReplicaSnapshot:
-        """The replica's state now, with the next sequence number."""
+        """The next report: the state now, with the next sequence number (taken: each report
+        is newer than the last, which is what a router checks before applying one)."""
         self._sequence += 1
+        return self._snapshot(self._sequence)
+
+    def state(self) -> ReplicaSnapshot:
+        """The state now, for reading: it carries the sequence number the next report will
+        take, and takes none."""
+        return self._snapshot(self._sequence + 1)
+
+    def _snapshot(self, sequence: int) -> ReplicaSnapshot:
         caches = runtime.caches()
         override = runtime.capacity_override
         return build_snapshot(
             replica_id=self.replica_id,
             incarnation=self.incarnation,
-            sequence=self._sequence,
+            sequence=sequence,
             url=self.url or "",
             states=[cache.state() for cache in caches],
             fallback_capacity=DEFAULT_CAPACITY if override is None else override,
@@ -257,7 +267,22 @@ class ReplicaServer:
         return self._stamped(answer())
 
     async def _load(self, request: web.Request) -> web.StreamResponse:
-        """Load a model with no request for it (the router wants another copy of a hot one)."""
+        """Load a model with no request for it (the router wants another copy of a hot one).
+
+        The model id is in the usual header; the router's eviction hint (`x-modelplex-evict`)
+        applies in each cache that needs a slot. A deployment may have several `@multiplexed`
+        loaders, each with its cache; the model goes to:
+        - the cache(s) of the loader named by `x-modelplex-cache` (its qualified name, e.g.
+          `Deployment.load_model`), when given: 404 `unknown_cache` if there is none;
+        - else the caches that hold the model (resident or loading): it is theirs, and the load
+          only marks it recently used, or waits for the load under way;
+        - else every cache, as a request that uses each loader with the model id would. A
+          deployment whose loaders share the ids out between them should name the cache, or have
+          a loader refuse an id that is not its own (the others keep their copy).
+        The answer comes once every load ended: 200 `{"loaded": id, "caches": [names]}`;
+        503 `cannot_load` if no slot freed in time or the replica drains; 500 `load_failed` if
+        a loader failed. Loading pins the model only until its load is done.
+        """
         if self._secret is None or not is_authorized(
             request.headers.get("Authorization"), self._secret
         ):
@@ -268,20 +293,33 @@ class ReplicaServer:
             model_id = model_id_from_headers(request.headers)
         except InvalidModelId as error:
             return self._stamped(error_response(400, "invalid_model_id", str(error)))
-        caches = runtime.caches()
-        if not model_id or not caches:
+        if not model_id or not runtime.caches():
             message = "a model id and a deployment with a @multiplexed loader are required"
             return self._stamped(error_response(400, "nothing_to_load", message))
+        name = request.headers.get(CACHE_HEADER, "")
+        caches = runtime.caches_for(model_id, name=name)
+        if not caches:
+            known = ", ".join(sorted({cache.name for cache in runtime.caches()}))
+            message = f"no @multiplexed loader is named {name!r}; this replica has: {known}"
+            return self._stamped(error_response(404, "unknown_cache", message))
         with request_context(model_id, evict_hint=request.headers.get(EVICT_HEADER, "")):
-            try:
-                await caches[0].get(model_id)
-            except (ModelSlotTimeout, CacheClosed) as error:
-                return self._stamped(error_response(503, "cannot_load", str(error)))
-            except Exception as error:
-                logger.exception("prefetching model %r failed", model_id)
-                message = f"{type(error).__name__}: {error}"
-                return self._stamped(error_response(500, "load_failed", message))
-        return self._stamped(web.json_response({"loaded": model_id}))
+            outcomes = await asyncio.gather(
+                *(cache.get(model_id) for cache in caches), return_exceptions=True
+            )
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure
+        refused = [f for f in failures if isinstance(f, ModelSlotTimeout | CacheClosed)]
+        if refused:
+            return self._stamped(error_response(503, "cannot_load", str(refused[0])))
+        if failures:
+            for failure in failures:
+                logger.error("prefetching model %r failed", model_id, exc_info=failure)
+            message = f"{type(failures[0]).__name__}: {failures[0]}"
+            return self._stamped(error_response(500, "load_failed", message))
+        names = sorted({cache.name for cache in caches})
+        return self._stamped(web.json_response({"loaded": model_id, "caches": names}))
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         def answer() -> web.StreamResponse:
@@ -292,9 +330,7 @@ class ReplicaServer:
         return self._reserved(request, answer)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
-        return self._reserved(
-            request, lambda: web.json_response(dataclasses.asdict(self.snapshot()))
-        )
+        return self._reserved(request, lambda: web.json_response(state_document(self.state())))
 
     async def _metrics_text(self, request: web.Request) -> web.StreamResponse:
         return self._reserved(

@@ -300,6 +300,22 @@ async def test_state_reports_lru_order_pins_and_loading() -> None:
     await pending
 
 
+async def test_load_and_unload_times_are_read_on_the_injected_clock() -> None:
+    now = [100.0]
+
+    async def slow_load(model_id: str) -> Model:
+        now[0] += 2.5  # the load takes 2.5 s on the cache's clock, none on the wall's
+        return Model(model_id)
+
+    cache = ModelCache(slow_load, capacity=1, clock=lambda: now[0])
+    await cache.get("a")
+    await cache.get("b")  # evicts "a": its cleanup takes no time on that clock
+    assert cache.metrics.load_latency_ms.count == 2
+    assert cache.metrics.load_latency_ms.sum_ms == 5000.0
+    assert cache.metrics.unload_latency_ms.count == 1
+    assert cache.metrics.unload_latency_ms.sum_ms == 0.0
+
+
 async def test_shutdown_unloads_everything_and_refuses_new_gets() -> None:
     SyncCleanup.deleted = []
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from common.auth import is_authorized
 from common.wire import CHANNEL_PATH, ReplicaSnapshot, WireError, decode_snapshot, encode_error
 from replica import get_multiplexed_model_id, multiplexed
-from replica._cache import CacheState, ResidentModel
+from replica._cache_core import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
 from replica._runtime import runtime
 from replica._snapshot import (

@@ -17,10 +17,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from replica import get_multiplexed_model_id, multiplexed
+from common.auth import authorization_value
+from common.status import ReplicaStateDocument
+from common.wire import decode_snapshot
+from replica import MultiplexedLoader, get_multiplexed_model_id, multiplexed
 from replica._cli import run_replica
 from replica._runtime import runtime
-from replica.server import ReplicaServer
+from replica.server import COLD_HEADER, ReplicaServer
 
 from polling import until
 
@@ -367,6 +370,141 @@ async def test_healthz_state_and_metrics(start_replica: StartReplica) -> None:
     async with replica.client.post("/-/healthz") as resp:
         assert resp.status == 405
         assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_reading_the_state_takes_no_report_sequence(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    reads = []
+    for _ in range(2):
+        async with replica.client.get("/-/state") as resp:
+            reads.append(await resp.json())
+    assert set(reads[0]) == set(ReplicaStateDocument.__annotations__)
+    assert reads[0]["sequence"] == reads[1]["sequence"]
+    frame = replica.server.reporter.fresh_frame()  # the next report to the routers
+    assert frame is not None
+    sequence = decode_snapshot(frame).sequence
+    assert sequence == reads[0]["sequence"]
+    async with replica.client.get("/-/state") as resp:
+        assert (await resp.json())["sequence"] == sequence + 1
+
+
+# -- /-/load: a model the router wants loaded, into the caches that serve it ---------------
+
+
+class TwoLoaders:
+    """A deployment with two multiplexed caches; `?use=` names the loaders a request calls."""
+
+    def __init__(self) -> None:
+        self.loads: list[tuple[str, str]] = []
+
+    @multiplexed(max_num_models_per_replica=2)
+    async def load_tokenizer(self, model_id: str) -> str:
+        self.loads.append(("tokenizer", model_id))
+        return f"tokenizer of {model_id}"
+
+    @multiplexed(max_num_models_per_replica=2)
+    async def load_model(self, model_id: str) -> str:
+        if model_id == "broken":
+            raise RuntimeError("no such model")
+        self.loads.append(("model", model_id))
+        return f"model {model_id}"
+
+    async def __call__(self, request: web.Request) -> object:
+        model_id = get_multiplexed_model_id()
+        use = request.query.get("use", "tokenizer,model").split(",")
+        if "tokenizer" in use:
+            await self.load_tokenizer(model_id)
+        if "model" in use:
+            await self.load_model(model_id)
+        return {"model": model_id}
+
+
+SECRET = "s3cret"
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def two_loaders() -> AsyncIterator[tuple[Client, TwoLoaders]]:
+    deployment = TwoLoaders()
+    server = ReplicaServer(deployment, replica_id="replica-two", secret=SECRET, drain_quiet_s=0.01)
+    client = TestClient(TestServer(server.app))
+    await client.start_server()
+    await server.start(f"http://{client.host}:{client.port}")
+    yield client, deployment
+    await server.drain()
+    await client.close()
+
+
+async def prefetch(client: Client, model_id: str, **extra: str) -> tuple[int, Any]:
+    headers = {MODEL: model_id, "Authorization": authorization_value(SECRET), **extra}
+    async with client.post("/-/load", headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+def resident_in(loader: MultiplexedLoader[Any], deployment: TwoLoaders) -> list[str]:
+    return [m.model_id for m in loader.cache_for(deployment).state().models]
+
+
+async def test_a_load_of_a_model_new_here_goes_into_every_cache(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    status, body = await prefetch(client, "m1")
+    assert (status, body) == (
+        200,
+        {"loaded": "m1", "caches": ["TwoLoaders.load_model", "TwoLoaders.load_tokenizer"]},
+    )
+    assert sorted(deployment.loads) == [("model", "m1"), ("tokenizer", "m1")]
+    async with client.get("/predict", headers={MODEL: "m1"}) as resp:
+        assert resp.status == 200
+        assert COLD_HEADER not in resp.headers  # the copy is warm in both caches
+    assert len(deployment.loads) == 2
+
+
+async def test_a_load_of_a_model_one_cache_holds_stays_in_that_cache(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    async with client.get("/predict", headers={MODEL: "m1"}, params={"use": "model"}) as resp:
+        assert resp.status == 200
+    status, body = await prefetch(client, "m1")
+    assert (status, body) == (200, {"loaded": "m1", "caches": ["TwoLoaders.load_model"]})
+    assert deployment.loads == [("model", "m1")]  # no tokenizer loaded for it
+    assert resident_in(TwoLoaders.load_tokenizer, deployment) == []
+
+
+async def test_a_load_may_name_its_cache(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    named = {"x-modelplex-cache": "TwoLoaders.load_tokenizer"}
+    status, body = await prefetch(client, "m2", **named)
+    assert (status, body) == (200, {"loaded": "m2", "caches": ["TwoLoaders.load_tokenizer"]})
+    assert deployment.loads == [("tokenizer", "m2")]
+    status, body = await prefetch(client, "m2", **{"x-modelplex-cache": "load_nothing"})
+    assert status == 404
+    assert body["error"]["code"] == "unknown_cache"
+    assert "TwoLoaders.load_model, TwoLoaders.load_tokenizer" in body["error"]["message"]
+
+
+async def test_a_load_that_fails_in_one_cache_is_a_500_and_keeps_the_other_copy(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    status, body = await prefetch(client, "broken")
+    assert status == 500
+    assert body["error"] == {"code": "load_failed", "message": "RuntimeError: no such model"}
+    assert resident_in(TwoLoaders.load_tokenizer, deployment) == ["broken"]
+    assert resident_in(TwoLoaders.load_model, deployment) == []
+
+
+async def test_a_load_needs_the_cluster_secret(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    async with client.post("/-/load", headers={MODEL: "m1"}) as resp:
+        assert resp.status == 401
+    assert deployment.loads == []
 
 
 # -- drain ---------------------------------------------------------------------------------
