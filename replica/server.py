@@ -49,7 +49,7 @@ logger = logging.getLogger("modelplex.replica")
 REPLICA_HEADER = istr(headers.REPLICA_HEADER)
 COLD_HEADER = istr(headers.COLD_HEADER)
 EVICT_HEADER = istr(headers.EVICT_HEADER)
-CACHE_HEADER = istr("x-modelplex-cache")  # /-/load: the loader whose cache loads the model
+CACHE_HEADER = istr(headers.CACHE_HEADER)
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
 
