@@ -60,6 +60,23 @@ def _gauge(name: str, documentation: str, labels: list[str], value: int) -> Gaug
     return family
 
 
+_COUNTERS: tuple[tuple[str, str, Callable[[CacheMetrics], int]], ...] = (
+    ("serve_multiplexed_models_load_counter", "Models loaded.", lambda m: m.loads),
+    ("serve_multiplexed_models_unload_counter", "Models unloaded.", lambda m: m.unloads),
+    (
+        "serve_multiplexed_get_model_requests_counter",
+        "Calls of the multiplexed loader (cache hits and misses).",
+        lambda m: m.get_model_requests,
+    ),
+    (
+        "modelplex_multiplexed_model_load_failures",
+        "Model loads that raised.",
+        lambda m: m.load_failures,
+    ),
+)
+"""Ray's counter names (and ours), summed over the replica's caches."""
+
+
 class _CacheCollector(Collector):
     def __init__(self, replica_id: str, in_flight: Callable[[], int]) -> None:
         self._labels = [replica_id]
@@ -87,30 +104,8 @@ class _CacheCollector(Collector):
             labels,
             sum(len(cache.state().models) for cache in caches),
         )
-        yield _counter(
-            "serve_multiplexed_models_load_counter",
-            "Models loaded.",
-            labels,
-            sum(m.loads for m in metrics),
-        )
-        yield _counter(
-            "serve_multiplexed_models_unload_counter",
-            "Models unloaded.",
-            labels,
-            sum(m.unloads for m in metrics),
-        )
-        yield _counter(
-            "serve_multiplexed_get_model_requests_counter",
-            "Calls of the multiplexed loader (cache hits and misses).",
-            labels,
-            sum(m.get_model_requests for m in metrics),
-        )
-        yield _counter(
-            "modelplex_multiplexed_model_load_failures",
-            "Model loads that raised.",
-            labels,
-            sum(m.load_failures for m in metrics),
-        )
+        for name, documentation, count in _COUNTERS:
+            yield _counter(name, documentation, labels, sum(count(m) for m in metrics))
         yield _gauge(
             "modelplex_replica_in_flight_requests",
             "Requests being served now.",
