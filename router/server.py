@@ -1,7 +1,9 @@
-"""The router's HTTP glue: the public port, forwarding, and the replicas' state channel.
+"""The router's HTTP glue: the public port, forwarding, and the routes it serves.
 
 Decisions live elsewhere — where to send a request in `router.policy`, what the cluster looks
-like in `router.view`, queueing in `router._admission`. This module only translates HTTP into
+like in `router.view`, queueing in `router._admission`, a replica's failures in its circuit
+breaker (`router.breaker`); the replicas' reports come in through `router._channel`. This
+module only translates HTTP into
 calls on them and back: read the model id, admit, forward with a pooled keep-alive connection
 (bodies streamed), retry where nothing can have happened twice, and answer errors as JSON.
 """
@@ -19,26 +21,23 @@ import aiohttp
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
-from common.auth import authorization_value, is_authorized
+from common.auth import authorization_value
 from common.config import ClusterConfig
 from common.errors import error_response
 from common.headers import COLD_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import (
     CHANNEL_PATH,
-    MAX_FRAME_BYTES,
     REPORT_PATH,
-    WireError,
-    decode_snapshot,
-    encode_error,
 )
 from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
+from router._channel import ReportIntake
 from router._http import request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 from router.breaker import CircuitBreaker, RetryBudget
 from router.policy import ModelplexPolicy, Prefetch
-from router.view import ChannelClosed, ClusterView, ReportOutcome
+from router.view import ClusterView
 
 __all__ = ["RouterServer"]
 
@@ -87,10 +86,12 @@ class RouterServer:
             prefetch=self._start_prefetch,
         )
         self.counters: Counter[str] = Counter()
+        self.reports = ReportIntake(
+            self.view, self.admission, secret=secret, clock=self.clock, counters=self.counters
+        )
         self.started_at = time.time()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
-        self._channels: set[web.WebSocketResponse] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
         self._upstream = UpstreamPool()
@@ -100,11 +101,11 @@ class RouterServer:
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
-        app.router.add_get(CHANNEL_PATH, self._channel)
-        app.router.add_post(REPORT_PATH, self._report)
+        app.router.add_get(CHANNEL_PATH, self.reports.channel)
+        app.router.add_post(REPORT_PATH, self.reports.report)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._start)
-        app.on_shutdown.append(self._close_channels)
+        app.on_shutdown.append(lambda _: self.reports.close())
         app.on_cleanup.append(self._stop)
         return app
 
@@ -118,10 +119,6 @@ class RouterServer:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
         self._maintenance = asyncio.create_task(self._maintain())
-
-    async def _close_channels(self, app: web.Application) -> None:
-        for ws in list(self._channels):
-            await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"router stopping")
 
     async def _stop(self, app: web.Application) -> None:
         self.admission.close()
@@ -364,78 +361,6 @@ class RouterServer:
         return error_response(
             502, "replica_failed", f"replica {admitted.replica_id} failed during the request"
         )
-
-    # -- the state channel -----------------------------------------------------------------
-
-    def _authorized(self, request: web.Request) -> bool:
-        return is_authorized(request.headers.get("Authorization"), self.secret)
-
-    def _apply(self, frame: bytes) -> tuple[str, str, ReportOutcome]:
-        """Decode and apply one report; raises WireError for a bad one."""
-        snapshot = decode_snapshot(frame)
-        outcome = self.view.apply_report(snapshot, self.clock())
-        self.counters["reports"] += 1
-        if outcome in (ReportOutcome.NEW_REPLICA, ReportOutcome.NEW_INCARNATION):
-            logger.info("replica %s joined at %s", snapshot.replica_id, snapshot.url)
-        self.admission.offer()
-        return snapshot.replica_id, snapshot.incarnation, outcome
-
-    def _unauthorized(self) -> web.Response:
-        self.counters["unauthorized_reports"] += 1
-        return error_response(401, "unauthorized", "a valid cluster secret is required")
-
-    async def _channel(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return self._unauthorized()
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
-        await ws.prepare(request)
-        self._channels.add(ws)
-        sender: tuple[str, str] | None = None
-        try:
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.BINARY:
-                    await self._reject(ws, "reports are binary msgpack frames")
-                    continue
-                try:
-                    replica_id, incarnation, _ = self._apply(message.data)
-                except WireError as exc:
-                    await self._reject(ws, str(exc))
-                    continue
-                if sender is not None and sender[0] != replica_id:
-                    self.view.superseded(*sender)
-                sender = (replica_id, incarnation)
-        finally:
-            self._channels.discard(ws)
-            if sender is not None:
-                self._channel_closed(*sender)
-        return ws
-
-    def _channel_closed(self, replica_id: str, incarnation: str) -> None:
-        outcome = self.view.channel_closed(replica_id, incarnation)
-        if outcome is ChannelClosed.LEFT:
-            logger.info("replica %s drained and left", replica_id)
-        elif outcome is ChannelClosed.DOWN:
-            logger.info("replica %s disconnected; not routing to it", replica_id)
-        self.admission.offer()
-
-    async def _reject(self, ws: web.WebSocketResponse, message: str) -> None:
-        self.counters["bad_reports"] += 1
-        logger.warning("rejected a state report: %s", message)
-        await ws.send_bytes(encode_error("bad_report", message))
-
-    async def _report(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
-        if request.content_length is not None and request.content_length > MAX_FRAME_BYTES:
-            self.counters["bad_reports"] += 1
-            return error_response(413, "bad_report", f"the limit is {MAX_FRAME_BYTES} bytes")
-        try:
-            replica_id, _, outcome = self._apply(await request.read())
-        except WireError as exc:
-            self.counters["bad_reports"] += 1
-            logger.warning("rejected a state report: %s", exc)
-            return error_response(400, "bad_report", str(exc))
-        return web.json_response({"replica_id": replica_id, "outcome": outcome.value})
 
     # -- introspection ---------------------------------------------------------------------
 
