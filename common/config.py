@@ -58,6 +58,9 @@ class RouterConfig:
     max_queued_requests: int = 1000  # waiting for a replica with room, a model slot or a loader
     queue_timeout_s: float = 30.0  # time in that queue before a 503
     request_timeout_s: float = 300.0  # end to end, before a 504
+    # Retry a request the replica may have started on (its connection broke) on another
+    # replica; idempotent methods (GET, PUT, DELETE, ...) are retried either way. A request
+    # is never retried once part of its answer went to the client.
     retry_on_replica_failure: bool = True
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
     # Retries over the last 10 s stay within this share of the requests, plus a reserve of

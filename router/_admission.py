@@ -66,12 +66,18 @@ class Admission:
     def queued(self) -> int:
         return self.queue.queued
 
-    async def admit(self, model_id: str, timeout_s: float, *, retry: bool = False) -> Admitted:
-        """Dispatch now, or wait in the queue for up to `timeout_s`. `retry`: the request was
-        admitted before and its replica failed it (counted once, first in the queue)."""
+    async def admit(
+        self, model_id: str, timeout_s: float, *, tried: frozenset[str] = frozenset()
+    ) -> Admitted:
+        """Dispatch now, or wait in the queue for up to `timeout_s`. `tried`: the replicas that
+        already failed this request (it is counted once, goes first in the queue, and goes to
+        none of them)."""
         ticket = _Ticket(asyncio.get_running_loop().create_future())
-        enter = self.queue.readmit if retry else self.queue.arrive
-        self._apply(enter(ticket, model_id, self.clock()))
+        now = self.clock()
+        if tried:
+            self._apply(self.queue.readmit(ticket, model_id, now, avoid=tried))
+        else:
+            self._apply(self.queue.arrive(ticket, model_id, now))
         future = ticket.future
         if future.done():
             return future.result()

@@ -16,6 +16,8 @@ Rules it keeps:
 - a model told to wait in a pass is not asked about again in that pass (one decision per
   waiting model, however long its queue); the policy learns how many models ahead of the one
   it decides wait for a model slot or a loader (`Demand.slot_waiters`);
+- a readmitted request never goes back to a replica that failed it (`avoid`), and is decided
+  on its own, since what holds for its model may not hold for it;
 - `view.demand` counts every arrival once and every queued request from joining to leaving;
 - no routable replica at all refuses every waiter at once (no queue of doomed requests);
 - a full queue (`max_queued`) refuses the newcomer.
@@ -81,6 +83,7 @@ class AdmissionStats:
 class _Waiter(Generic[R]):
     request: R
     model_id: str
+    avoid: frozenset[str] = frozenset()  # replicas that already failed it
     gone: bool = False  # left the queue (timed out, cancelled); skipped when met
 
 
@@ -117,24 +120,35 @@ class AdmissionQueue(Generic[R]):
         self.view.demand.arrived(model_id)
         return self._admit(request, model_id, now, first=False)
 
-    def readmit(self, request: R, model_id: str, now: float) -> Actions[R]:
+    def readmit(
+        self, request: R, model_id: str, now: float, *, avoid: frozenset[str] = frozenset()
+    ) -> Actions[R]:
         """A request that arrived before is back (its replica failed it, and it may be tried
-        elsewhere): not counted again, and first in the queue, since it has waited already."""
-        return self._admit(request, model_id, now, first=True)
+        elsewhere): not counted again, first in the queue since it has waited already, and
+        never sent to a replica in `avoid` (those that failed it)."""
+        return self._admit(request, model_id, now, first=True, avoid=avoid)
 
-    def _admit(self, request: R, model_id: str, now: float, *, first: bool) -> Actions[R]:
+    def _admit(
+        self,
+        request: R,
+        model_id: str,
+        now: float,
+        *,
+        first: bool,
+        avoid: frozenset[str] = frozenset(),
+    ) -> Actions[R]:
         actions: Actions[R] = Actions()
         if self._queue:
-            self._enqueue(request, model_id, now, actions, first=first)
+            self._enqueue(request, model_id, now, actions, first=first, avoid=avoid)
             self._pass(now, actions)
             return actions
         self.view.demand.slot_waiters = 0
-        decision = self._decide(request, model_id, now)
+        decision = self._decide(request, model_id, now, avoid)
         if isinstance(decision, Route):
             actions.dispatched.append((request, self._dispatch(decision, model_id, now)))
         elif isinstance(decision, Reject):
             actions.refused.append((request, Refusal.NO_REPLICA, decision.reason))
-        elif self._enqueue(request, model_id, now, actions):
+        elif self._enqueue(request, model_id, now, actions, avoid=avoid):
             self._pass(now, actions)  # as a waiter: its wait's deadline counts from now on
         return actions
 
@@ -187,11 +201,13 @@ class AdmissionQueue(Generic[R]):
 
     # -- inside ----------------------------------------------------------------------------
 
-    def _decide(self, request: R, model_id: str, now: float) -> Decision:
+    def _decide(
+        self, request: R, model_id: str, now: float, avoid: frozenset[str] = frozenset()
+    ) -> Decision:
         self.stats.decisions += 1
         if self._choose is None:
-            decision = self.policy.choose(self.view, model_id, now)
-        else:
+            decision = self.policy.choose(self.view, model_id, now, avoid=avoid)
+        else:  # a simulator baseline's own chooser: the simulator never retries a request
             decision = self._choose(request, model_id, now)
         if isinstance(decision, Wait):
             self.stats.waits += 1
@@ -203,13 +219,20 @@ class AdmissionQueue(Generic[R]):
         return Admitted(replica.replica_id, replica.url, cold, route.evict)
 
     def _enqueue(
-        self, request: R, model_id: str, now: float, actions: Actions[R], *, first: bool = False
+        self,
+        request: R,
+        model_id: str,
+        now: float,
+        actions: Actions[R],
+        *,
+        first: bool = False,
+        avoid: frozenset[str] = frozenset(),
     ) -> bool:
         if len(self._waiting) >= self.max_queued:
             message = f"{len(self._waiting)} requests are already waiting for a replica"
             actions.refused.append((request, Refusal.QUEUE_FULL, message))
             return False
-        waiter = _Waiter(request, model_id)
+        waiter = _Waiter(request, model_id, avoid)
         if first:
             self._queue.appendleft(waiter)
         else:
@@ -251,10 +274,10 @@ class AdmissionQueue(Generic[R]):
                 queue.clear()
                 told_to_wait.update(dict.fromkeys(w.model_id for w in keep))
                 break
-            if waiter.model_id in told_to_wait:
+            if waiter.model_id in told_to_wait and not waiter.avoid:
                 keep.append(waiter)
                 continue
-            decision = self._decide(waiter.request, waiter.model_id, now)
+            decision = self._decide(waiter.request, waiter.model_id, now, waiter.avoid)
             if isinstance(decision, Route):
                 admitted.append(waiter)
                 actions.dispatched.append(
@@ -265,7 +288,8 @@ class AdmissionQueue(Generic[R]):
                 actions.refused.append((waiter.request, Refusal.NO_REPLICA, decision.reason))
             else:
                 keep.append(waiter)
-                told_to_wait[waiter.model_id] = None
+                if not waiter.avoid:
+                    told_to_wait[waiter.model_id] = None
                 if decision.for_slot:
                     demand.slot_waiters += 1
                 until = decision.until

@@ -26,6 +26,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -99,13 +100,20 @@ WAIT: Final = Wait()
 _SLOT_WAIT_LOADS: Final = 1.25
 _ANY: Final = 1 << 30  # load turns: any replica, however many loads it has queued
 _NO_REPLICA: Final = Reject("no replica is available")
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 class Policy(Protocol):
     """What the router and the simulator need of a placement policy."""
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
-        """Where to send a request for `model_id` at time `now` (seconds, any epoch)."""
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
+        """Where to send a request for `model_id` at time `now` (seconds, any epoch).
+
+        `avoid`: replicas that already failed this request; it goes to none of them, and with
+        no other replica routable it is rejected.
+        """
         ...
 
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
@@ -119,13 +127,15 @@ class AffinityPolicy:
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         return []
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         if not model_id:
-            return self._least_loaded(view)
+            return self._least_loaded(view, avoid)
         best: ReplicaView | None = None
         held = False
         for replica in view.holders_of(model_id):
-            if not replica.routable:
+            if not replica.routable or replica.replica_id in avoid:
                 continue
             held = True
             if replica.has_room and (
@@ -137,13 +147,13 @@ class AffinityPolicy:
             return Route(best)
         if held:
             return WAIT
-        return self._place(view)
+        return self._place(view, avoid)
 
-    def _least_loaded(self, view: ClusterView) -> Decision:
+    def _least_loaded(self, view: ClusterView, avoid: AbstractSet[str]) -> Decision:
         best: ReplicaView | None = None
         any_routable = False
         for replica in view:
-            if not replica.routable:
+            if not replica.routable or replica.replica_id in avoid:
                 continue
             any_routable = True
             if replica.has_room and (best is None or replica.in_flight < best.in_flight):
@@ -152,12 +162,12 @@ class AffinityPolicy:
             return Route(best)
         return WAIT if any_routable else _NO_REPLICA
 
-    def _place(self, view: ClusterView) -> Decision:
+    def _place(self, view: ClusterView, avoid: AbstractSet[str]) -> Decision:
         free: ReplicaView | None = None
         oldest: tuple[float, ReplicaView, str] | None = None
         any_routable = False
         for replica in view:
-            if not replica.routable:
+            if not replica.routable or replica.replica_id in avoid:
                 continue
             any_routable = True
             if not replica.has_room:
@@ -220,15 +230,17 @@ class ModelplexPolicy:
         self._slot_key: tuple[int, int, int] | None = None
         self._slot: tuple[ReplicaView | None, _Victim | None] = (None, None)
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         if not model_id:
-            return self._least_loaded(view)
+            return self._least_loaded(view, avoid)
         best: ReplicaView | None = None
         best_key: tuple[bool, int, str] | None = None
         capacity = 0
         first_load = False
         for replica in view.holders_of(model_id):
-            if not replica.routable:
+            if not replica.routable or replica.replica_id in avoid:
                 continue
             capacity += replica.max_ongoing_requests
             loading = replica.models[model_id].loading
@@ -249,7 +261,7 @@ class ModelplexPolicy:
             queued = demand.waiting.get(model_id, 0) + 1
             if queued * demand.infer_s / capacity <= demand.load_s:
                 return WAIT
-        return self._place(view, model_id, now)
+        return self._place(view, model_id, now, avoid)
 
     @classmethod
     def _sustained(cls, view: ClusterView, model_id: str, now: float) -> bool:
@@ -302,24 +314,28 @@ class ModelplexPolicy:
 
     # -- placement -------------------------------------------------------------------------
 
-    def _least_loaded(self, view: ClusterView) -> Decision:
+    def _least_loaded(self, view: ClusterView, avoid: AbstractSet[str]) -> Decision:
         best: ReplicaView | None = None
         routable = False
         for replica in self._candidates(view):
+            if replica.replica_id in avoid:
+                continue
             routable = True
             if replica.has_room and (best is None or replica.in_flight < best.in_flight):
                 best = replica
         if best is not None:
             return Route(best)
-        return WAIT if routable or view.routable_ids else _NO_REPLICA
+        return WAIT if routable or _routable_besides(view, avoid) else _NO_REPLICA
 
-    def _place(self, view: ClusterView, model_id: str, now: float) -> Decision:
-        target = self._target(view, model_id, set(), value=None, now=now)
+    def _place(
+        self, view: ClusterView, model_id: str, now: float, avoid: AbstractSet[str]
+    ) -> Decision:
+        target = self._target(view, model_id, set(avoid), value=None, now=now)
         if isinstance(target, Wait):
             return target
         if target is not None:
             return Route(target[0], evict=target[1])
-        return WAIT if view.routable_ids else _NO_REPLICA
+        return WAIT if _routable_besides(view, avoid) else _NO_REPLICA
 
     def _target(
         self,
@@ -521,3 +537,10 @@ class ModelplexPolicy:
         if len(replicas) > self.sample:
             replicas = [replicas[self._rng.randrange(len(replicas))] for _ in range(self.sample)]
         return [r for r in replicas if r.routable]
+
+
+def _routable_besides(view: ClusterView, avoid: AbstractSet[str]) -> bool:
+    """Whether a routable replica is left once `avoid` is set aside."""
+    if not avoid:
+        return bool(view.routable_ids)
+    return any(replica_id not in avoid for replica_id in view.routable_ids)

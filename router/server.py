@@ -46,6 +46,7 @@ logger = logging.getLogger("modelplex.router")
 _MAX_ATTEMPTS = 4
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
 _MAX_BREAKER_COOLDOWN_S = 30.0
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
 
 
 @functools.cache
@@ -160,8 +161,9 @@ class RouterServer:
         body, replayable = await self._body(request)
         headers = request_headers(request)
         self.retry_budget.requested(self.clock())
-        for attempt in range(_MAX_ATTEMPTS):
-            if attempt > 0 and not self.retry_budget.try_retry(self.clock()):
+        tried: frozenset[str] = frozenset()
+        for _ in range(_MAX_ATTEMPTS):
+            if tried and not self.retry_budget.try_retry(self.clock()):
                 self.counters["retry_budget_exhausted"] += 1
                 return error_response(
                     502,
@@ -169,10 +171,11 @@ class RouterServer:
                     "a replica failed the request and the router's retry budget is spent",
                 )
             answer = await self._attempt(
-                request, model_id, body, replayable, headers, deadline, retry=attempt > 0
+                request, model_id, body, replayable, headers, deadline, tried=tried
             )
-            if answer is not None:
+            if isinstance(answer, web.StreamResponse):
                 return answer
+            tried |= {answer}
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"
@@ -187,17 +190,26 @@ class RouterServer:
         headers: CIMultiDict[str],
         deadline: float,
         *,
-        retry: bool,
-    ) -> web.StreamResponse | None:
-        """Admit the request and forward it once; None if it failed in a way that is safe to
-        try on another replica."""
+        tried: frozenset[str],
+    ) -> web.StreamResponse | str:
+        """Admit the request (to none of the replicas in `tried`) and forward it once; the
+        answer, or the id of the replica that failed it in a way that is safe to try on
+        another one."""
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
         try:
             admitted = await self.admission.admit(
-                model_id, min(remaining, self.config.router.queue_timeout_s), retry=retry
+                model_id, min(remaining, self.config.router.queue_timeout_s), tried=tried
             )
         except NoReplica as exc:
+            if tried:
+                self.counters["replica_failed"] += 1
+                failed = ", ".join(sorted(tried))
+                return error_response(
+                    502,
+                    "replica_failed",
+                    f"the request failed on {failed} and no other replica is available",
+                )
             self.counters["no_replica"] += 1
             return error_response(503, "no_replica", str(exc), retry_after_s=1)
         except QueueFull as exc:
@@ -226,7 +238,7 @@ class RouterServer:
         except _Retry:
             self.counters["retries"] += 1
             logger.info("retrying a request after replica %s failed", admitted.replica_id)
-            return None
+            return admitted.replica_id
         except TimeoutError:
             self._failed_on(admitted.replica_id)
             return self._timed_out()
@@ -290,7 +302,10 @@ class RouterServer:
         replayable: bool,
         deadline: float,
     ) -> web.StreamResponse:
-        retry_ok = replayable and self.config.router.retry_on_replica_failure
+        # Once sent, the replica may have acted on it: again only if that is harmless.
+        retry_ok = replayable and (
+            request.method in _IDEMPOTENT or self.config.router.retry_on_replica_failure
+        )
         host, port = _address(admitted.url)
         upstream_body = body.iter_any() if isinstance(body, StreamReader) else body
         head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")

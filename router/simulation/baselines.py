@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from common.wire import ReplicaSnapshot
@@ -41,10 +42,16 @@ from router.view import ClusterView, ReplicaView
 __all__ = ["ConsistentHashPolicy", "RandomPolicy", "RayPolicy", "RoundRobinPolicy"]
 
 _NO_REPLICA = Reject("no replica is available")
+_NONE: frozenset[str] = frozenset()
 
 
-def _none_routable(view: ClusterView) -> Decision:
-    return WAIT if any(r.routable for r in view) else _NO_REPLICA
+def _none_routable(view: ClusterView, avoid: AbstractSet[str] = frozenset()) -> Decision:
+    return WAIT if any(r.routable and r.replica_id not in avoid for r in view) else _NO_REPLICA
+
+
+def _usable(replica: ReplicaView, avoid: AbstractSet[str]) -> bool:
+    """Routable, with room, and not one that already failed the request."""
+    return replica.routable and replica.has_room and replica.replica_id not in avoid
 
 
 class _ReplicaList:
@@ -67,16 +74,18 @@ class RandomPolicy:
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         return []  # no prefetched copies
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         replicas = self._replicas.of(view)
         if not replicas:
             return _NO_REPLICA
         for _ in range(4 * len(replicas)):
             replica = replicas[int(self._rng.random() * len(replicas))]
-            if replica.routable and replica.has_room:
+            if _usable(replica, avoid):
                 return Route(replica)
-        ready = [r for r in replicas if r.routable and r.has_room]
-        return Route(self._rng.choice(ready)) if ready else _none_routable(view)
+        ready = [r for r in replicas if _usable(r, avoid)]
+        return Route(self._rng.choice(ready)) if ready else _none_routable(view, avoid)
 
 
 class RoundRobinPolicy:
@@ -87,14 +96,16 @@ class RoundRobinPolicy:
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         return []  # no prefetched copies
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         replicas = self._replicas.of(view)
         for step in range(len(replicas)):
             replica = replicas[(self._next + step) % len(replicas)]
-            if replica.routable and replica.has_room:
+            if _usable(replica, avoid):
                 self._next = (self._next + step + 1) % len(replicas)
                 return Route(replica)
-        return _none_routable(view) if replicas else _NO_REPLICA
+        return _none_routable(view, avoid) if replicas else _NO_REPLICA
 
 
 def _hash64(key: str) -> int:
@@ -111,7 +122,9 @@ class ConsistentHashPolicy:
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         return []  # no prefetched copies
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         if len(self._ring_of) != len(view.replicas) or not self._ring_of.issuperset(view.replicas):
             self._build(view)
         if not self._points:
@@ -125,11 +138,11 @@ class ConsistentHashPolicy:
                 continue
             seen.add(replica_id)
             replica = view.replicas[replica_id]
-            if replica.routable and replica.has_room:
+            if _usable(replica, avoid):
                 return Route(replica)
             if len(seen) == len(self._ring_of):
                 break
-        return _none_routable(view)
+        return _none_routable(view, avoid)
 
     def _build(self, view: ClusterView) -> None:
         ring = sorted(
@@ -224,23 +237,32 @@ class RayPolicy:
     def plan_copies(self, view: ClusterView, model_id: str, now: float) -> list[Prefetch]:
         return []  # no prefetched copies
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = _NONE
+    ) -> Decision:
         """A request seen for the first time (no routing history)."""
-        return self.choose_request(view, SimRequest(-1, model_id, now, 0.0), now)
+        return self.choose_request(view, SimRequest(-1, model_id, now, 0.0), now, avoid=avoid)
 
-    def choose_request(self, view: ClusterView, request: SimRequest, now: float) -> Decision:
+    def choose_request(
+        self,
+        view: ClusterView,
+        request: SimRequest,
+        now: float,
+        *,
+        avoid: AbstractSet[str] = _NONE,
+    ) -> Decision:
         self._catch_up(now)
         routing = request.state
         if not isinstance(routing, _RayRouting):
             routing = _RayRouting(now)
             request.state = routing
         candidates = self._candidates(view, request.model_id, routing, now)
-        chosen = self._pick_two(view, candidates) if candidates else None
+        chosen = self._pick_two(view, candidates, avoid) if candidates else None
         if chosen is not None:
             routing.failures = 0
             return Route(chosen)
         routing.failures += 1
-        return _none_routable(view)
+        return _none_routable(view, avoid)
 
     def retry_at(self, request: SimRequest, now: float) -> float | None:
         routing = request.state
@@ -277,7 +299,9 @@ class RayPolicy:
             self._all = tuple(sorted(view.replicas))
         return self._all
 
-    def _pick_two(self, view: ClusterView, candidates: tuple[str, ...]) -> ReplicaView | None:
+    def _pick_two(
+        self, view: ClusterView, candidates: tuple[str, ...], avoid: AbstractSet[str]
+    ) -> ReplicaView | None:
         n = len(candidates)
         if n == 1:
             chosen = [candidates[0]]
@@ -288,7 +312,7 @@ class RayPolicy:
         best: ReplicaView | None = None
         for replica_id in chosen:
             replica = view.replicas.get(replica_id)
-            if replica is None or not replica.routable or not replica.has_room:
+            if replica is None or not _usable(replica, avoid):
                 continue
             if best is None or replica.in_flight < best.in_flight:
                 best = replica

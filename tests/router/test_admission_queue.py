@@ -7,6 +7,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from functools import partial
 
 import pytest
@@ -401,9 +402,11 @@ class RecordingPolicy:
         self.policy = policy
         self.told_to_wait: set[str] = set()
 
-    def choose(self, view: ClusterView, model_id: str, now: float) -> Decision:
-        decision = self.policy.choose(view, model_id, now)
-        if isinstance(decision, Wait):
+    def choose(
+        self, view: ClusterView, model_id: str, now: float, *, avoid: AbstractSet[str] = frozenset()
+    ) -> Decision:
+        decision = self.policy.choose(view, model_id, now, avoid=avoid)
+        if isinstance(decision, Wait) and not avoid:
             self.told_to_wait.add(model_id)
         return decision
 
@@ -671,3 +674,37 @@ def test_a_readmitted_request_is_not_counted_again_and_goes_first() -> None:
     assert queue.readmit(3, "a", NOW + 0.1).queued == [3]
     assert view.demand.frequency("a") == 2  # one count per arrival, however often tried
     assert dispatched_to(queue.finished("r1", "a", NOW + 0.2)) == [(3, "r1")]  # before 2
+
+
+def test_a_readmitted_request_never_goes_back_to_a_replica_that_failed_it() -> None:
+    view = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]))
+    queue = queue_over(view)
+    view.demand.arrived("a")
+    # r1 holds "a" and has room, but failed this request: the model is loaded on r2 instead.
+    actions = queue.readmit(1, "a", NOW, avoid=frozenset({"r1"}))
+    assert dispatched_to(actions) == [(1, "r2")]
+    assert actions.dispatched[0][1].cold
+
+
+def test_a_readmitted_request_with_no_other_replica_is_refused_at_once() -> None:
+    view = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]))
+    queue = queue_over(view)
+    view.demand.arrived("a")
+    actions = queue.readmit(1, "a", NOW, avoid=frozenset({"r1", "r2"}))
+    assert [(request, refusal) for request, refusal, _ in actions.refused] == [
+        (1, Refusal.NO_REPLICA)
+    ]
+    assert queue.queued == 0
+
+
+def test_a_queued_readmission_is_decided_on_its_own_not_with_its_models_waiters() -> None:
+    view = cluster(
+        snapshot("r1", ["a"], max_ongoing_requests=1), snapshot("r2", ["b"], max_ongoing_requests=1)
+    )
+    queue = queue_over(view)
+    assert dispatched_to(queue.arrive(1, "a", NOW)) == [(1, "r1")]
+    assert queue.arrive(2, "a", NOW).queued == [2]  # waits for r1, the holder
+    view.demand.arrived("a")
+    actions = queue.readmit(3, "a", NOW, avoid=frozenset({"r1"}))
+    assert dispatched_to(actions) == [(3, "r2")]  # not held back by request 2's wait
+    assert queue.is_queued(2)

@@ -174,6 +174,27 @@ def test_everything_busy_means_wait() -> None:
     assert choose(view, "") is WAIT
 
 
+# -- a request retried after a replica failed it --------------------------------------------
+
+
+@every_policy
+def test_a_retried_request_avoids_the_replicas_that_failed_it(policy: PolicyClass) -> None:
+    view = cluster(snapshot("r1", ["m"]), snapshot("r2", ["a"]), snapshot("r3", ["m"]))
+    decision = policy().choose(view, "m", NOW, avoid=frozenset({"r1"}))
+    assert routed_to(decision) == ("r3", None)
+    decision = policy().choose(view, "m", NOW, avoid=frozenset({"r1", "r3"}))
+    assert routed_to(decision) == ("r2", None)  # loaded again elsewhere, not sent back
+    assert routed_to(policy().choose(view, "", NOW, avoid=frozenset({"r1", "r2"}))) == ("r3", None)
+
+
+@every_policy
+def test_a_retried_request_with_every_replica_tried_is_rejected(policy: PolicyClass) -> None:
+    view = cluster(snapshot("r1", ["m"]), snapshot("r2"))
+    for model_id in ("m", "cold", ""):
+        decision = policy().choose(view, model_id, NOW, avoid=frozenset({"r1", "r2"}))
+        assert isinstance(decision, Reject)
+
+
 # -- replicas out of routing -----------------------------------------------------------------
 
 
