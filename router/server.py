@@ -11,11 +11,14 @@ calls on them and back: read the model id, admit, forward with a pooled keep-ali
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -54,6 +57,14 @@ def _address(url: str) -> tuple[str, int]:
     """(host, port) of a replica's http:// URL."""
     parsed = urllib.parse.urlsplit(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+@dataclass(eq=False, slots=True)
+class _Watch:
+    """A request's wait on one replica: its timeout, and whether the replica went quiet."""
+
+    timeout: asyncio.Timeout
+    lost: bool = False
 
 
 class _Retry(Exception):
@@ -96,6 +107,8 @@ class RouterServer:
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
         self._upstream = UpstreamPool()
+        # The requests waiting on each replica, so a quiet one ends them (`_abandon`).
+        self._watches: dict[str, set[_Watch]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3)
@@ -139,6 +152,7 @@ class RouterServer:
             now = self.clock()
             for replica_id in self.view.expire(now, deployment.heartbeat_timeout_s):
                 logger.warning("replica %s sent no report in time; not routing to it", replica_id)
+                self._abandon(replica_id)
             for replica_id in self.view.cool_down(now):
                 logger.info(
                     "replica %s: circuit half-open, probing it with one request", replica_id
@@ -309,22 +323,51 @@ class RouterServer:
         host, port = _address(admitted.url)
         upstream_body = body.iter_any() if isinstance(body, StreamReader) else body
         head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")
-        async with asyncio.timeout_at(deadline):
-            try:
-                upstream = await self._upstream.request(host, port, head, upstream_body)
-            except ConnectFailed as exc:
-                # Nothing reached the replica: always safe to send elsewhere.
-                logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
-                self._failed_on(admitted.replica_id)
-                self.view.mark_down(admitted.replica_id)
-                raise _Retry from exc
-            except (UpstreamBroken, OSError) as exc:
-                return self._replica_failed(admitted, exc, retry_ok)
-            self.view.request_answered(admitted.replica_id)
-            try:
-                return await self._answer(request, upstream, admitted, retry_ok)
-            finally:
-                upstream.release()
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            with self._watch(admitted.replica_id, timeout) as watch:
+                async with timeout:
+                    upstream = await self._upstream.request(host, port, head, upstream_body)
+        except ConnectFailed as exc:
+            # Nothing reached the replica: always safe to send elsewhere.
+            logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
+            self._failed_on(admitted.replica_id)
+            self.view.mark_down(admitted.replica_id)
+            raise _Retry from exc
+        except TimeoutError as exc:  # before OSError, which it is
+            if watch.lost:
+                return self._replica_failed(admitted, exc, retry_ok, unresponsive=True)
+            raise
+        except (UpstreamBroken, OSError) as exc:
+            return self._replica_failed(admitted, exc, retry_ok)
+        self.view.request_answered(admitted.replica_id)
+        try:
+            return await self._answer(request, upstream, admitted, retry_ok, deadline)
+        finally:
+            upstream.release()
+
+    @contextlib.contextmanager
+    def _watch(self, replica_id: str, timeout: asyncio.Timeout) -> Iterator[_Watch]:
+        """While the block runs, `timeout` ends at once if the replica goes quiet (no report
+        in time): its requests must not hang until their deadline."""
+        watch = _Watch(timeout)
+        watches = self._watches.setdefault(replica_id, set())
+        watches.add(watch)
+        try:
+            yield watch
+        finally:
+            watches.discard(watch)
+            if not watches and self._watches.get(replica_id) is watches:
+                del self._watches[replica_id]
+
+    def _abandon(self, replica_id: str) -> None:
+        """The replica went quiet: end every request waiting on it now."""
+        now = asyncio.get_running_loop().time()
+        for watch in self._watches.pop(replica_id, set()):
+            watch.lost = True
+            if not watch.timeout.expired():
+                with contextlib.suppress(RuntimeError):  # its block just ended
+                    watch.timeout.reschedule(now)
 
     async def _answer(
         self,
@@ -332,46 +375,74 @@ class RouterServer:
         upstream: UpstreamResponse,
         admitted: Admitted,
         retry_ok: bool,
+        deadline: float,
     ) -> web.StreamResponse:
         headers = response_headers(upstream.headers, admitted.replica_id)
         length = upstream.content_length
-        if length is not None and length <= _SMALL_BODY:
-            try:
-                data = await upstream.read()
-            except (UpstreamBroken, OSError) as exc:
-                return self._replica_failed(admitted, exc, retry_ok)
-            return web.Response(status=upstream.status, body=data, headers=headers)
+        small = length is not None and length <= _SMALL_BODY
         response = web.StreamResponse(status=upstream.status, headers=headers)
         if length is not None:
             response.content_length = length
         first = True
+        timeout = asyncio.timeout_at(deadline)
         try:
-            async for chunk in upstream.iter_chunks():
-                if first:
-                    await response.prepare(request)
-                    first = False
-                await response.write(chunk)
+            with self._watch(admitted.replica_id, timeout) as watch:
+                async with timeout:
+                    if small:
+                        data = await upstream.read()
+                        return web.Response(status=upstream.status, body=data, headers=headers)
+                    async for chunk in upstream.iter_chunks():
+                        if first:
+                            await response.prepare(request)
+                            first = False
+                        await response.write(chunk)
+        except TimeoutError as exc:  # before OSError, which it is
+            if first:
+                if watch.lost:
+                    return self._replica_failed(admitted, exc, retry_ok, unresponsive=True)
+                raise
+            return self._broken_stream(request, response, admitted, exc)
         except (UpstreamBroken, OSError) as exc:
             if first:
                 return self._replica_failed(admitted, exc, retry_ok)
-            # Part of the answer is out: the client must see a broken response, not a short one.
-            self.counters["broken_streams"] += 1
-            logger.warning("replica %s failed mid-answer: %s", admitted.replica_id, exc)
-            self._failed_on(admitted.replica_id)
-            response.force_close()
-            if request.transport is not None:
-                request.transport.close()
-            return response
+            return self._broken_stream(request, response, admitted, exc)
         if first:
             await response.prepare(request)
         await response.write_eof()
         return response
 
-    def _replica_failed(self, admitted: Admitted, exc: Exception, retry_ok: bool) -> web.Response:
+    def _broken_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        admitted: Admitted,
+        exc: BaseException,
+    ) -> web.StreamResponse:
+        """Part of the answer is out: the client must see a broken response, not a short one."""
+        self.counters["broken_streams"] += 1
+        logger.warning("replica %s failed mid-answer: %r", admitted.replica_id, exc)
+        self._failed_on(admitted.replica_id)
+        response.force_close()
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+    def _replica_failed(
+        self, admitted: Admitted, exc: Exception, retry_ok: bool, *, unresponsive: bool = False
+    ) -> web.Response:
+        """Nothing of the answer reached the client: retry elsewhere if that is harmless,
+        else answer 502 (it failed) or 504 (it stopped answering)."""
         logger.warning("replica %s failed mid-request: %r", admitted.replica_id, exc)
         self._failed_on(admitted.replica_id)
         if retry_ok:
             raise _Retry from exc
+        if unresponsive:
+            self.counters["replica_unresponsive"] += 1
+            return error_response(
+                504,
+                "replica_unresponsive",
+                f"replica {admitted.replica_id} stopped answering during the request",
+            )
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"replica {admitted.replica_id} failed during the request"

@@ -21,12 +21,16 @@ QUICK_DEPLOYMENT = {
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
-    """`start_cluster(num_replicas=2, init_kwargs=None, **deployment_keys)`: a started cluster
-    of the synthetic deployment."""
+    """`start_cluster(num_replicas=2, init_kwargs=None, router=None, **deployment_keys)`: a
+    started cluster of the synthetic deployment."""
     clusters: list[LocalCluster] = []
 
     def start(
-        *, num_replicas: int = 2, init_kwargs: dict[str, Any] | None = None, **deployment: Any
+        *,
+        num_replicas: int = 2,
+        init_kwargs: dict[str, Any] | None = None,
+        router: dict[str, Any] | None = None,
+        **deployment: Any,
     ) -> LocalCluster:
         workdir = tmp_path / f"cluster-{len(clusters)}"
         workdir.mkdir()
@@ -35,6 +39,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
             num_replicas=num_replicas,
             init_kwargs=init_kwargs,
             deployment={**QUICK_DEPLOYMENT, **deployment},
+            router=router,
         )
         clusters.append(cluster)
         return cluster.start()
