@@ -63,6 +63,9 @@ class RouterConfig:
     # is never retried once part of its answer went to the client.
     retry_on_replica_failure: bool = True
     max_replay_body_bytes: int = 1048576  # bodies up to this size are kept for a retry
+    max_request_body_bytes: int = 104857600  # larger bodies get 413, streamed ones too
+    header_timeout_s: float = 10.0  # a request's head must arrive within this, or 408
+    keepalive_timeout_s: float = 75.0  # an idle client connection is closed after this
     # Retries over the last 10 s stay within this share of the requests, plus a reserve of
     # retry_budget_min_per_s a second, so retries cannot multiply the load in an outage.
     retry_budget_ratio: float = 0.2
@@ -176,6 +179,9 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "request_timeout_s": _POSITIVE_SECONDS,
     "retry_on_replica_failure": _Rule(_boolean, lambda v: True, "true or false"),
     "max_replay_body_bytes": _count(0),
+    "max_request_body_bytes": _count(0),
+    "header_timeout_s": _POSITIVE_SECONDS,
+    "keepalive_timeout_s": _POSITIVE_SECONDS,
     "retry_budget_ratio": _Rule(_seconds, lambda v: 0 <= v <= 1, "a number from 0 to 1"),
     "retry_budget_min_per_s": _Rule(
         _seconds, lambda v: 0 <= v < math.inf, "a finite number >= 0 (retries a second)"

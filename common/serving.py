@@ -3,6 +3,15 @@
 The router, the replica and the launcher's control port all listen the same way: no access log
 (the servers keep their own), signals left to the caller, the bound port handed back so a port of
 0 works, and the runner cleaned up however the block ends.
+
+Every connection is held to `HttpLimits`, so a slow or hostile client cannot hold it forever or
+make the process parse without end, while other clients are served as usual:
+- a request's head (request line and headers) must arrive within `header_timeout_s` of its first
+  byte, or the connection gets 408 and is closed (aiohttp has no such deadline of its own);
+- an idle keep-alive connection is closed after `keepalive_timeout_s`;
+- more than `max_headers` headers, or one over `max_header_bytes`, is 431; a request line over
+  `max_line_bytes` is 414; any other malformed head is 400 — each a JSON error, and the
+  connection is closed.
 """
 
 from __future__ import annotations
@@ -11,16 +20,103 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["STOP_SIGNALS", "CannotListen", "listening", "until_signal"]
+from common.errors import error_body
+
+__all__ = ["STOP_SIGNALS", "CannotListen", "HttpLimits", "listening", "until_signal"]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class CannotListen(OSError):
     """The address could not be bound (in use, not local, no permission)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HttpLimits:
+    header_timeout_s: float | None = 10.0  # None: no deadline for a request's head
+    keepalive_timeout_s: float = 75.0
+    max_headers: int = 100
+    max_header_bytes: int = 8192  # one header line, name and value
+    max_line_bytes: int = 16384  # the request line
+
+
+def _timeout_answer() -> bytes:
+    body = error_body("header_timeout", "the request's head did not arrive in time")
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a deadline for each request's head and JSON answers
+    to malformed heads."""
+
+    def __init__(self, manager: web.Server, *, limits: HttpLimits, **kwargs: Any) -> None:
+        super().__init__(
+            manager,
+            keepalive_timeout=limits.keepalive_timeout_s,
+            max_headers=limits.max_headers,
+            max_field_size=limits.max_header_bytes,
+            max_line_size=limits.max_line_bytes,
+            **kwargs,
+        )
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        timeout_s = self._limits.header_timeout_s
+        idle = self._current_request is None and not self._messages
+        if timeout_s is not None and self._head_timer is None and idle and data:
+            # The first bytes of a new request: its head must follow in time.
+            self._head_timer = asyncio.get_running_loop().call_later(timeout_s, self._too_slow)
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_timeout_answer())
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        code, text = "bad_request", message or "malformed request"
+        if isinstance(exc, LineTooLong):
+            too_long_header = exc.args[1] == self._limits.max_header_bytes
+            status, code = (431, "header_too_large") if too_long_header else (414, "uri_too_long")
+        elif "Too many headers" in text:
+            status, code = 431, "too_many_headers"
+        response = web.Response(
+            status=status, body=error_body(code, text), content_type="application/json"
+        )
+        response.force_close()
+        return response
 
 
 @contextlib.asynccontextmanager
@@ -31,24 +127,38 @@ async def listening(
     *,
     backlog: int = 128,
     shutdown_timeout_s: float = 60.0,
+    limits: HttpLimits | None = None,
 ) -> AsyncIterator[int]:
-    """Serve `app` on `host:port` for the block; yields the bound port.
+    """Serve `app` on `host:port` for the block, each connection held to `limits` (the
+    defaults if None); yields the bound port.
 
     CannotListen if the address cannot be bound; an OSError raised inside the block passes as is.
     """
+    limits = limits or HttpLimits()
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s
     )
     await runner.setup()
+    server = runner.server
+    assert server is not None
+    loop = asyncio.get_running_loop()
     try:
-        try:
-            await web.TCPSite(runner, host, port, backlog=backlog).start()
-        except OSError as error:
-            raise CannotListen(error.errno, error.strerror or str(error)) from error
-        bound = runner.addresses[0][1] if runner.addresses else port
-        yield int(bound)
-    finally:
+        listener = await loop.create_server(
+            lambda: _GuardedRequestHandler(server, limits=limits, loop=loop, access_log=None),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+        )
+    except OSError as error:
         await runner.cleanup()
+        raise CannotListen(error.errno, error.strerror or str(error)) from error
+    try:
+        yield int(listener.sockets[0].getsockname()[1])
+    finally:
+        listener.close()  # no new connections; the runner's cleanup ends the open ones
+        await runner.cleanup()
+        await listener.wait_closed()
 
 
 async def until_signal(

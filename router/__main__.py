@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from common.auth import load_secret
 from common.config import ConfigError, load_config
 from common.loop import event_loop_runner
-from common.serving import CannotListen, listening, until_signal
+from common.serving import CannotListen, HttpLimits, listening, until_signal
 from router.server import RouterServer
 
 __all__ = ["main"]
@@ -27,7 +27,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def _serve(server: RouterServer, host: str, port: int) -> None:
-    async with listening(server.app(), host, port, backlog=2048) as bound:
+    router = server.config.router
+    limits = HttpLimits(
+        header_timeout_s=router.header_timeout_s, keepalive_timeout_s=router.keepalive_timeout_s
+    )
+    async with listening(server.app(), host, port, backlog=2048, limits=limits) as bound:
         server.url = f"http://{host}:{bound}"
         await until_signal(
             armed=lambda: print(f"modelplex router listening on {server.url}", flush=True)

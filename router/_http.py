@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from aiohttp import web
 from multidict import CIMultiDict
 
-from common.headers import REPLICA_HEADER
+from common.headers import INTERNAL_PREFIX, REPLICA_HEADER
 
 __all__ = ["request_head", "request_headers", "response_headers"]
 
@@ -41,12 +41,15 @@ def _dropped(headers: Mapping[str, str]) -> frozenset[str]:
 
 
 def request_headers(request: web.Request) -> CIMultiDict[str]:
-    """The client's headers as the replica should see them, plus X-Forwarded-For."""
+    """The client's headers as the replica should see them, plus X-Forwarded-For. Internal
+    headers (`x-modelplex-*`: eviction hints, the router's credentials) are the router's to
+    set; a client's never reach a replica."""
     incoming = request.headers
     dropped = _dropped(incoming) | _NOT_FORWARDED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
-        if name.lower() not in dropped:
+        lowered = name.lower()
+        if lowered not in dropped and not lowered.startswith(INTERNAL_PREFIX):
             out.add(name, value)
     peer = request.remote
     if peer:

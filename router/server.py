@@ -17,7 +17,7 @@ import logging
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -67,6 +67,20 @@ class _Watch:
     lost: bool = False
 
 
+class _BodyTooLarge(Exception):
+    """A streamed request body went over `router.max_request_body_bytes`."""
+
+
+async def _counted(body: StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """`body`'s chunks as they arrive; _BodyTooLarge once more than `limit` bytes came."""
+    seen = 0
+    async for chunk in body.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise _BodyTooLarge
+        yield chunk
+
+
 class _Retry(Exception):
     """Forwarding failed in a way that is safe to try on another replica."""
 
@@ -111,7 +125,7 @@ class RouterServer:
         self._watches: dict[str, set[_Watch]] = {}
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024**3)
+        app = web.Application(client_max_size=self.config.router.max_request_body_bytes)
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
@@ -172,6 +186,9 @@ class RouterServer:
             return error_response(400, "invalid_model_id", str(exc))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.router.request_timeout_s
+        limit = self.config.router.max_request_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self._too_large()
         body, replayable = await self._body(request)
         headers = request_headers(request)
         self.retry_budget.requested(self.clock())
@@ -293,6 +310,15 @@ class RouterServer:
         except aiohttp.ClientError as exc:
             logger.warning("prefetch on replica %s failed: %s", replica.replica_id, exc)
 
+    def _too_large(self) -> web.Response:
+        self.counters["body_too_large"] += 1
+        limit = self.config.router.max_request_body_bytes
+        response = error_response(
+            413, "body_too_large", f"the request body is over max_request_body_bytes={limit}"
+        )
+        response.force_close()  # the rest of the body is not read
+        return response
+
     def _timed_out(self) -> web.Response:
         self.counters["timeouts"] += 1
         limit = self.config.router.request_timeout_s
@@ -321,13 +347,19 @@ class RouterServer:
             request.method in _IDEMPOTENT or self.config.router.retry_on_replica_failure
         )
         host, port = _address(admitted.url)
-        upstream_body = body.iter_any() if isinstance(body, StreamReader) else body
+        upstream_body = (
+            _counted(body, self.config.router.max_request_body_bytes)
+            if isinstance(body, StreamReader)
+            else body
+        )
         head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")
         timeout = asyncio.timeout_at(deadline)
         try:
             with self._watch(admitted.replica_id, timeout) as watch:
                 async with timeout:
                     upstream = await self._upstream.request(host, port, head, upstream_body)
+        except _BodyTooLarge:
+            return self._too_large()
         except ConnectFailed as exc:
             # Nothing reached the replica: always safe to send elsewhere.
             logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)

@@ -29,6 +29,9 @@ router:
   request_timeout_s: 60
   retry_on_replica_failure: false
   max_replay_body_bytes: 0
+  max_request_body_bytes: 1000
+  header_timeout_s: 3
+  keepalive_timeout_s: 20
   retry_budget_ratio: 0.5
   retry_budget_min_per_s: 0
   breaker_failures: 2
@@ -91,6 +94,9 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         request_timeout_s=60.0,
         retry_on_replica_failure=False,
         max_replay_body_bytes=0,
+        max_request_body_bytes=1000,
+        header_timeout_s=3.0,
+        keepalive_timeout_s=20.0,
         retry_budget_ratio=0.5,
         retry_budget_min_per_s=0.0,
         breaker_failures=2,
@@ -213,6 +219,9 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "max_replay_body_bytes", -1),
         ("router", "popular_model_patience", -1),
         ("router", "retry_budget_ratio", 1.5),
+        ("router", "max_request_body_bytes", -1),
+        ("router", "header_timeout_s", 0),
+        ("router", "keepalive_timeout_s", math.inf),
         ("router", "retry_budget_min_per_s", -1),
         ("router", "breaker_failures", 0),
         ("router", "breaker_cooldown_s", 0),
@@ -419,6 +428,9 @@ ROUTER = st.fixed_dictionaries(
         "max_replay_body_bytes": st.integers(min_value=0),
         "popular_model_patience": st.none() | st.floats(0, 1e6),
         "retry_budget_ratio": st.floats(0, 1),
+        "max_request_body_bytes": st.integers(min_value=0),
+        "header_timeout_s": SECONDS,
+        "keepalive_timeout_s": SECONDS,
         "retry_budget_min_per_s": st.floats(0, 1e6),
         "breaker_failures": st.integers(min_value=1),
         "breaker_cooldown_s": SECONDS,

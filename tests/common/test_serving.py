@@ -1,4 +1,5 @@
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -7,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from common.serving import CannotListen, listening, until_signal
+from common.serving import CannotListen, HttpLimits, listening, until_signal
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -52,3 +53,108 @@ async def test_until_signal_returns_the_signal_after_announcing_it_is_armed() ->
     os.kill(os.getpid(), signal.SIGUSR1)
     assert await asyncio.wait_for(waiter, 5) == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one answer with a Content-Length (the connection then closes)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status = int(head.split(b" ", 2)[1])
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, await asyncio.wait_for(reader.readexactly(length), 10)
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.Response(body=await request.read())
+
+
+def echo_app() -> web.Application:
+    application = web.Application()
+    application.router.add_route("*", "/", echo)
+    return application
+
+
+async def test_a_client_trickling_its_head_is_cut_off_while_others_are_served() -> None:
+    limits = HttpLimits(header_timeout_s=1.0)
+    async with listening(echo_app(), "127.0.0.1", 0, limits=limits) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def trickle() -> None:
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                if writer.is_closing():
+                    return
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        trickling = asyncio.create_task(trickle())
+        async with aiohttp.ClientSession() as session:
+            for n in range(20):  # a normal client meanwhile: all served
+                async with session.post(f"http://127.0.0.1:{port}/", data=b"%d" % n) as r:
+                    assert (r.status, await r.read()) == (200, b"%d" % n)
+        status, body = await read_answer(reader)
+        assert status == 408
+        assert json.loads(body)["error"]["code"] == "header_timeout"
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and closed
+        assert loop.time() - started < 10  # cut at the deadline, not at the end of the trickle
+        trickling.cancel()
+        writer.close()
+
+
+async def test_a_slow_body_is_not_a_slow_head() -> None:
+    async with listening(
+        echo_app(), "127.0.0.1", 0, limits=HttpLimits(header_timeout_s=0.3)
+    ) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"hello":
+            await asyncio.sleep(0.2)
+            writer.write(bytes([byte]))
+        assert await read_answer(reader) == (200, b"hello")
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")  # kept alive
+        assert await read_answer(reader) == (200, b"ok")
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "code"),
+    [
+        (
+            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(101)),
+            431,
+            "too_many_headers",
+        ),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"v" * 9000 + b"\r\n", 431, "header_too_large"),
+        (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n", 414, "uri_too_long"),
+        (b"NOT HTTP AT ALL\r\n", 400, "bad_request"),
+    ],
+    ids=["101-headers", "9-KiB-header", "20-KiB-url", "garbage"],
+)
+async def test_a_malformed_head_gets_a_json_error_and_the_server_serves_on(
+    head: bytes, status: int, code: str
+) -> None:
+    async with listening(echo_app(), "127.0.0.1", 0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"\r\n")
+        answer_status, body = await read_answer(reader)
+        assert (answer_status, json.loads(body)["error"]["code"]) == (status, code)
+        writer.close()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/", data=b"fine") as r,
+        ):
+            assert (r.status, await r.read()) == (200, b"fine")
+
+
+async def test_an_idle_keep_alive_connection_is_closed() -> None:
+    limits = HttpLimits(keepalive_timeout_s=0.3)
+    async with listening(echo_app(), "127.0.0.1", 0, limits=limits) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+        assert await read_answer(reader) == (200, b"ok")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
