@@ -7,7 +7,9 @@ the tools agree on what `::` means.
 
 from __future__ import annotations
 
-__all__ = ["connect_host", "reachable_url"]
+import ipaddress
+
+__all__ = ["connect_host", "is_loopback", "reachable_url"]
 
 _WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -26,3 +28,15 @@ def reachable_url(url: str) -> str:
         return url
     host, _, port = rest.rstrip("/").rpartition(":")
     return f"{scheme}://{connect_host(host)}:{port}"
+
+
+def is_loopback(bind_host: str) -> bool:
+    """Whether a server bound to `bind_host` is reachable from this machine only. A wildcard
+    or any other address is not: it is reachable by whoever can route to it."""
+    host = bind_host.removeprefix("[").removesuffix("]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything

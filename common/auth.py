@@ -1,7 +1,9 @@
 """The cluster secret: where it comes from and how a request proves it knows it.
 
 Router, replicas and launcher share one secret; internal requests and state channels carry it
-as `Authorization: Bearer <secret>`.
+as `Authorization: Bearer <secret>`. Requests the router forwards to a replica carry a token
+derived from it instead (`data_path_token`, in `x-modelplex-authorization`), so the user's
+deployment, which sees those headers, never sees the secret that lets a process report state.
 
 Invariants:
 - A loaded secret is non-empty, surrounding whitespace stripped, and made only of visible ASCII
@@ -14,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -23,6 +26,7 @@ __all__ = [
     "SECRET_ENV",
     "SECRET_FILE_ENV",
     "authorization_value",
+    "data_path_token",
     "generate_secret",
     "is_authorized",
     "load_secret",
@@ -66,6 +70,12 @@ def load_secret(
 def authorization_value(secret: str) -> str:
     """Return the `Authorization` header value that carries `secret`."""
     return f"Bearer {secret}"
+
+
+def data_path_token(secret: str) -> str:
+    """The credential of requests forwarded by a router: an HMAC of the secret, not the secret."""
+    key = secret.encode("utf-8", "surrogatepass")
+    return hmac.new(key, b"modelplex data path v1", hashlib.sha256).hexdigest()
 
 
 def is_authorized(header_value: str | None, secret: str) -> bool:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["CACHE_HEADER", "COLD_HEADER", "EVICT_HEADER", "INTERNAL_PREFIX", "REPLICA_HEADER"]
+__all__ = [
+    "CACHE_HEADER",
+    "COLD_HEADER",
+    "CREDENTIAL_HEADER",
+    "EVICT_HEADER",
+    "INTERNAL_PREFIX",
+    "REPLICA_HEADER",
+]
 
 REPLICA_HEADER = "x-modelplex-replica"  # which replica answered (set on every answer)
 COLD_HEADER = "x-modelplex-cold"  # "1" when the request waited for a model load
 EVICT_HEADER = "x-modelplex-evict"  # router -> replica: the model to give up for this one
 CACHE_HEADER = "x-modelplex-cache"  # -> replica /-/load: the loader whose cache loads the model
+CREDENTIAL_HEADER = "x-modelplex-authorization"  # router -> replica: Bearer data_path_token
 INTERNAL_PREFIX = "x-modelplex-"  # every header above; a client's are dropped by the router

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from common.addresses import connect_host
+from common.addresses import connect_host, is_loopback
 from common.auth import load_secret
 from common.config import ConfigError, DeploymentConfig, load_config
 from common.loop import event_loop_runner
@@ -141,6 +141,7 @@ async def _serve(
         max_ongoing_requests=config.max_ongoing_requests,
         heartbeat_interval_s=config.heartbeat_interval_s,
         graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
+        routers_only=not is_loopback(host),
     )
     try:
         async with listening(server.app, host, port, shutdown_timeout_s=1.0) as bound:

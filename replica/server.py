@@ -29,7 +29,7 @@ from aiohttp import web
 from multidict import istr
 
 from common import headers
-from common.auth import is_authorized
+from common.auth import data_path_token, is_authorized
 from common.errors import error_response
 from common.model_id import InvalidModelId, model_id_from_headers
 from common.wire import ReplicaSnapshot, encode_snapshot
@@ -49,6 +49,7 @@ logger = logging.getLogger("modelplex.replica")
 REPLICA_HEADER = istr(headers.REPLICA_HEADER)
 COLD_HEADER = istr(headers.COLD_HEADER)
 EVICT_HEADER = istr(headers.EVICT_HEADER)
+CREDENTIAL_HEADER = istr(headers.CREDENTIAL_HEADER)
 CACHE_HEADER = istr(headers.CACHE_HEADER)
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
@@ -81,7 +82,11 @@ class ReplicaServer:
         graceful_shutdown_timeout_s: float = 30.0,
         drain_quiet_s: float = 0.2,
         client_max_size_bytes: int = 64 * 1024 * 1024,
+        routers_only: bool = False,
     ) -> None:
+        """`routers_only`: serve requests only from this cluster's routers (the replica listens
+        beyond loopback, so clients could otherwise bypass the router); either way only a
+        router's eviction hint is obeyed, and `/-/state` and `/-/load` need the secret."""
         if routers and secret is None:
             raise ValueError("a secret is needed to report to routers")
         self.replica_id = replica_id
@@ -112,6 +117,8 @@ class ReplicaServer:
         self.app.router.add_post("/-/load", self._load)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._secret = secret
+        self._data_token = data_path_token(secret) if secret else None
+        self.routers_only = routers_only
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -203,6 +210,10 @@ class ReplicaServer:
     # -- the request path ------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        from_router = self._from_router(request)
+        if self.routers_only and not from_router:
+            message = "this replica serves its routers only: send the request to a router"
+            return self._stamped(error_response(401, "unauthorized", message))
         try:
             model_id = model_id_from_headers(request.headers)
         except InvalidModelId as error:
@@ -210,7 +221,7 @@ class ReplicaServer:
         self.in_flight += 1
         if self.draining:
             self._last_arrival = asyncio.get_running_loop().time()
-        evict_hint = request.headers.get(EVICT_HEADER, "")
+        evict_hint = request.headers.get(EVICT_HEADER, "") if from_router else ""
         try:
             with request_context(model_id, evict_hint=evict_hint) as scope:
                 return await self._serve(request, scope)
@@ -251,6 +262,18 @@ class ReplicaServer:
         stamp(response)
         return response
 
+    def _from_router(self, request: web.Request) -> bool:
+        """The request carries a router's credential (`common.auth.data_path_token`)."""
+        token = self._data_token
+        return token is not None and is_authorized(request.headers.get(CREDENTIAL_HEADER), token)
+
+    def _has_secret(self, request: web.Request) -> bool:
+        secret = self._secret
+        return secret is not None and is_authorized(request.headers.get("Authorization"), secret)
+
+    def _unauthorized(self) -> web.StreamResponse:
+        return self._stamped(error_response(401, "unauthorized", "the cluster secret is required"))
+
     def _stamped(self, response: web.StreamResponse) -> web.StreamResponse:
         response.headers[REPLICA_HEADER] = self.replica_id
         return response
@@ -283,12 +306,8 @@ class ReplicaServer:
         503 `cannot_load` if no slot freed in time or the replica drains; 500 `load_failed` if
         a loader failed. Loading pins the model only until its load is done.
         """
-        if self._secret is None or not is_authorized(
-            request.headers.get("Authorization"), self._secret
-        ):
-            return self._stamped(
-                error_response(401, "unauthorized", "the cluster secret is required")
-            )
+        if not self._has_secret(request):
+            return self._unauthorized()
         try:
             model_id = model_id_from_headers(request.headers)
         except InvalidModelId as error:
@@ -330,9 +349,13 @@ class ReplicaServer:
         return self._reserved(request, answer)
 
     async def _state(self, request: web.Request) -> web.StreamResponse:
+        if not self._has_secret(request):
+            return self._unauthorized()
         return self._reserved(request, lambda: web.json_response(state_document(self.state())))
 
     async def _metrics_text(self, request: web.Request) -> web.StreamResponse:
+        if self.routers_only and not self._has_secret(request):
+            return self._unauthorized()  # Prometheus: `authorization: {credentials: SECRET}`
         return self._reserved(
             request,
             lambda: web.Response(

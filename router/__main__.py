@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from common.addresses import is_loopback
 from common.auth import load_secret
 from common.config import ConfigError, load_config
 from common.loop import event_loop_runner
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host = args.host or config.router.host
     port = config.router.port if args.port is None else args.port
-    server = RouterServer(config, secret)
+    server = RouterServer(config, secret, public=not is_loopback(host))
     try:
         with event_loop_runner() as runner:
             runner.run(_serve(server, host, port))

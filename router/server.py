@@ -24,10 +24,11 @@ import aiohttp
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
-from common.auth import authorization_value
+from common.addresses import is_loopback
+from common.auth import authorization_value, data_path_token, is_authorized
 from common.config import ClusterConfig
 from common.errors import error_response
-from common.headers import COLD_HEADER, EVICT_HEADER
+from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import (
     CHANNEL_PATH,
@@ -67,6 +68,10 @@ class _Watch:
     lost: bool = False
 
 
+class _ClientGone(Exception):
+    """Writing the answer to the client failed: it closed or reset its connection."""
+
+
 class _BodyTooLarge(Exception):
     """A streamed request body went over `router.max_request_body_bytes`."""
 
@@ -88,9 +93,13 @@ class _Retry(Exception):
 class RouterServer:
     """One router: a cluster view fed by replica reports, and the request path through it."""
 
-    def __init__(self, config: ClusterConfig, secret: str) -> None:
+    def __init__(self, config: ClusterConfig, secret: str, *, public: bool | None = None) -> None:
+        """`public`: the router listens beyond loopback, so `/-/status` and `/-/metrics` need
+        the cluster secret (default: judged from `router.host`)."""
         self.config = config
         self.secret = secret
+        self.public = not is_loopback(config.router.host) if public is None else public
+        self._credential = authorization_value(data_path_token(secret))
         self.clock = time.monotonic
         router = config.router
         self.view = ClusterView(
@@ -253,6 +262,7 @@ class RouterServer:
             return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
         if admitted.cold:
             self.counters["cold_dispatches"] += 1
+        headers[CREDENTIAL_HEADER] = self._credential
         if admitted.evict:
             headers[EVICT_HEADER] = admitted.evict
         else:
@@ -424,10 +434,18 @@ class RouterServer:
                         data = await upstream.read()
                         return web.Response(status=upstream.status, body=data, headers=headers)
                     async for chunk in upstream.iter_chunks():
-                        if first:
-                            await response.prepare(request)
-                            first = False
-                        await response.write(chunk)
+                        try:
+                            if first:
+                                await response.prepare(request)
+                                first = False
+                            await response.write(chunk)
+                        except OSError as exc:
+                            raise _ClientGone from exc
+        except _ClientGone:
+            # The client went away mid-answer: not the replica's fault; the upstream connection
+            # is closed unread (released before its end), and nothing more can be sent.
+            self.counters["client_disconnects"] += 1
+            return response
         except TimeoutError as exc:  # before OSError, which it is
             if first:
                 if watch.lost:
@@ -488,8 +506,16 @@ class RouterServer:
         word = "ok" if routable else "no_replica"
         return web.json_response({"status": word, "routable_replicas": routable}, status=status)
 
+    def _locked(self, request: web.Request) -> web.Response | None:
+        """401 for an admin request without the secret, when the router is public."""
+        if self.public and not is_authorized(request.headers.get("Authorization"), self.secret):
+            return error_response(401, "unauthorized", "the cluster secret is required")
+        return None
+
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(status_document(self, self.clock()))
+        return self._locked(request) or web.json_response(status_document(self, self.clock()))
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=metrics_text(self), content_type="text/plain", charset="utf-8")
+        return self._locked(request) or web.Response(
+            body=metrics_text(self), content_type="text/plain", charset="utf-8"
+        )

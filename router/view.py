@@ -17,12 +17,14 @@ The HTTP glue calls these and decides nothing. The view keeps these invariants:
   its most recently used, so a burst for a cold model sees one holder, not a spray of loads;
   reports that predate the dispatch cannot erase it while it is pending or in use;
 - a report is applied only if it is newer (same incarnation, higher sequence) or comes from a
-  new incarnation (the replica restarted: what the old process held is gone).
+  new incarnation (the replica restarted: what the old process held is gone); a late report of
+  an incarnation already replaced is stale, never a restart back to it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 
+_RETIRED_KEPT = 8
 DEPARTED_KEPT_S = 60.0
 """How long a replica out of routing stays in the view (and `/-/status`) without reporting."""
 
@@ -111,6 +114,8 @@ class ReplicaView:
     max_concurrent_loads: int | None = None  # loads it runs at once; None: as many as slots
     models: dict[str, ModelCopy] = field(default_factory=dict)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    # Incarnations this replica id had before the current one, newest last (a few).
+    retired: deque[str] = field(default_factory=lambda: deque(maxlen=_RETIRED_KEPT))
 
     @property
     def status(self) -> ReplicaStatus:
@@ -279,7 +284,10 @@ class ClusterView:
             self._replica_list = None
             previous: dict[str, ModelCopy] = {}
         elif replica.incarnation != snapshot.incarnation:
+            if snapshot.incarnation in replica.retired:
+                return ReportOutcome.OUT_OF_ORDER  # a process that was replaced already
             outcome = ReportOutcome.NEW_INCARNATION
+            replica.retired.append(replica.incarnation)
             previous = {}  # a new process holds nothing the old one did
             replica.breaker = self._new_breaker()  # nor has it failed anything
         elif snapshot.sequence <= replica.sequence:

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import aiohttp
 
 from common.addresses import reachable_url
+from common.auth import authorization_value, load_secret
 from common.config import ClusterConfig, ConfigError, dump_config, load_config
 from common.status import RouterStatusDocument
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
@@ -264,10 +265,14 @@ def _status(args: argparse.Namespace) -> int:
 
 
 async def _fetch_status(url: str) -> tuple[int, RouterStatusDocument | None]:
+    """The router's status; with the cluster secret ($MODELPLEX_SECRET), which a router that
+    listens beyond loopback requires."""
     timeout = aiohttp.ClientTimeout(total=5.0)
+    secret = load_secret()
+    headers = {"Authorization": authorization_value(secret)} if secret else {}
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(f"{url}/-/status") as response,
+        session.get(f"{url}/-/status", headers=headers) as response,
     ):
         if response.status != 200:
             return response.status, None
@@ -284,6 +289,8 @@ async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool
         return _fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
     if document is None and code == 200:
         return _fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
+    if code == 401:
+        return _fail(f"{url} listens beyond loopback: set MODELPLEX_SECRET to the cluster secret")
     if document is None:
         return _fail(f"{url}/-/status answered HTTP {code}")
     if as_json:

@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from common.addresses import reachable_url
-from common.auth import SECRET_ENV, SECRET_FILE_ENV, generate_secret
+from common.auth import SECRET_ENV, SECRET_FILE_ENV, authorization_value, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
 from common.serving import STOP_SIGNALS
 from common.status import RouterStatusDocument
@@ -251,7 +251,8 @@ class Launcher:
     async def _router_status(self) -> RouterStatusDocument | None:
         assert self._http is not None
         try:
-            async with self._http.get(f"{self.router_url}/-/status") as response:
+            auth = {"Authorization": authorization_value(self._env[SECRET_ENV])}
+            async with self._http.get(f"{self.router_url}/-/status", headers=auth) as response:
                 if response.status != 200:
                     return None
                 data = await response.json()

@@ -14,6 +14,7 @@ import aiohttp
 import msgpack
 import pytest
 
+from common.auth import authorization_value
 from router.launch import LocalCluster, wait_for
 
 from polling import until
@@ -83,7 +84,9 @@ async def test_the_configured_load_limit_reaches_the_replica_report(
     async with aiohttp.ClientSession() as session:
         results = await asyncio.gather(*(get(session, cluster.url + "/", m) for m in "xyz"))
         assert [status for status, _ in results] == [200, 200, 200]
-        async with session.get(cluster.status()["replicas"][0]["url"] + "/-/state") as response:
+        url = cluster.status()["replicas"][0]["url"] + "/-/state"
+        auth = {"Authorization": authorization_value(cluster.secret)}
+        async with session.get(url, headers=auth) as response:
             state = await response.json()
     assert state["max_concurrent_loads"] == 1
     assert total_loads(cluster) == 3

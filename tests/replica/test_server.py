@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from common.auth import authorization_value
+from common.auth import authorization_value, data_path_token
+from common.headers import CREDENTIAL_HEADER, EVICT_HEADER
 from common.status import ReplicaStateDocument
 from common.wire import decode_snapshot
 from replica import MultiplexedLoader, get_multiplexed_model_id, multiplexed
@@ -29,6 +30,9 @@ from polling import until
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "serve_multiplexed_model_id"
+SECRET = "s3cret"
+ROUTER = {CREDENTIAL_HEADER: authorization_value(data_path_token(SECRET))}  # a router's request
+ADMIN = {"Authorization": authorization_value(SECRET)}
 
 
 class Model:
@@ -95,13 +99,30 @@ class Echo:
 
 @dataclass
 class Replica:
+    """A replica on a test server; `get` asks as its router does (with the router's credential)
+    unless `as_router=False`."""
+
     server: ReplicaServer
     client: TestClient[web.Request, web.Application]
     deployment: Echo
 
-    async def get(self, model_id: str | None, **query: str) -> aiohttp.ClientResponse:
-        headers = {} if model_id is None else {MODEL: model_id}
-        return await self.client.get("/predict", headers=headers, params=query)
+    async def get(
+        self,
+        model_id: str | None,
+        *,
+        as_router: bool = True,
+        headers: dict[str, str] | None = None,
+        **query: str,
+    ) -> aiohttp.ClientResponse:
+        sent = {**ROUTER, **(headers or {})} if as_router else dict(headers or {})
+        if model_id is not None:
+            sent[MODEL] = model_id
+        return await self.client.get("/predict", headers=sent, params=query)
+
+    async def state(self) -> Any:
+        async with self.client.get("/-/state", headers=ADMIN) as resp:
+            assert resp.status == 200
+            return await resp.json()
 
     def resident(self) -> list[tuple[str, int]]:
         return [(m.model_id, m.in_use) for m in self.server.snapshot().models]
@@ -114,15 +135,19 @@ StartReplica = Callable[..., Awaitable[Replica]]
 async def start_replica() -> AsyncIterator[StartReplica]:
     started: list[Replica] = []
 
-    async def start(*, capacity: int | None = None, slot_timeout_s: float = 5.0) -> Replica:
+    async def start(
+        *, capacity: int | None = None, slot_timeout_s: float = 5.0, routers_only: bool = False
+    ) -> Replica:
         runtime.capacity_override = capacity
         runtime.slot_timeout_s = slot_timeout_s
         deployment = Echo()
         server = ReplicaServer(
             deployment,
             replica_id="replica-test",
+            secret=SECRET,
             drain_quiet_s=0.01,
             graceful_shutdown_timeout_s=5.0,
+            routers_only=routers_only,
         )
         client = TestClient(TestServer(server.app))
         await client.start_server()
@@ -347,12 +372,11 @@ async def test_healthz_state_and_metrics(start_replica: StartReplica) -> None:
     async with replica.client.get("/-/healthz") as resp:
         assert resp.status == 200
         assert await resp.json() == {"status": "ok"}
-    async with replica.client.get("/-/state") as resp:
-        state = await resp.json()
-        assert state["replica_id"] == "replica-test"
-        assert state["capacity"] == 2
-        assert [m["model_id"] for m in state["models"]] == ["m1"]
-        assert state["draining"] is False
+    state = await replica.state()
+    assert state["replica_id"] == "replica-test"
+    assert state["capacity"] == 2
+    assert [m["model_id"] for m in state["models"]] == ["m1"]
+    assert state["draining"] is False
     async with replica.client.get("/-/metrics") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/plain"
@@ -376,16 +400,14 @@ async def test_reading_the_state_takes_no_report_sequence(start_replica: StartRe
     replica = await start_replica()
     reads = []
     for _ in range(2):
-        async with replica.client.get("/-/state") as resp:
-            reads.append(await resp.json())
+        reads.append(await replica.state())
     assert set(reads[0]) == set(ReplicaStateDocument.__annotations__)
     assert reads[0]["sequence"] == reads[1]["sequence"]
     frame = replica.server.reporter.fresh_frame()  # the next report to the routers
     assert frame is not None
     sequence = decode_snapshot(frame).sequence
     assert sequence == reads[0]["sequence"]
-    async with replica.client.get("/-/state") as resp:
-        assert (await resp.json())["sequence"] == sequence + 1
+    assert (await replica.state())["sequence"] == sequence + 1
 
 
 # -- /-/load: a model the router wants loaded, into the caches that serve it ---------------
@@ -419,7 +441,6 @@ class TwoLoaders:
         return {"model": model_id}
 
 
-SECRET = "s3cret"
 Client = TestClient[web.Request, web.Application]
 
 
@@ -651,3 +672,49 @@ def test_json_body_shape_is_stable() -> None:
     body = error_response(503, "draining", "bye").body
     assert isinstance(body, bytes)
     assert json.loads(body) == {"error": {"code": "draining", "message": "bye"}}
+
+
+# -- who may ask what ------------------------------------------------------------------------
+
+
+async def test_the_state_needs_the_cluster_secret(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    for headers in ({}, ROUTER, {"Authorization": "Bearer wrong"}):
+        async with replica.client.get("/-/state", headers=headers) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"]["code"] == "unauthorized"
+    async with replica.client.get("/-/healthz") as resp:
+        assert resp.status == 200  # probes need nothing
+
+
+async def test_a_replica_beyond_loopback_serves_its_routers_only(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(routers_only=True)
+    async with await replica.get("m1", as_router=False) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "unauthorized"
+    forged = {CREDENTIAL_HEADER: authorization_value(SECRET)}  # the secret is not the token
+    async with await replica.get("m1", as_router=False, headers=forged) as resp:
+        assert resp.status == 401
+    assert replica.resident() == []  # nothing was loaded for them
+    async with await replica.get("m1") as resp:
+        assert resp.status == 200
+    async with replica.client.get("/-/metrics") as resp:
+        assert resp.status == 401
+    async with replica.client.get("/-/metrics", headers=ADMIN) as resp:
+        assert resp.status == 200
+
+
+async def test_only_a_routers_eviction_hint_is_obeyed(start_replica: StartReplica) -> None:
+    replica = await start_replica(capacity=2)
+    for model_id in ("a", "b"):
+        async with await replica.get(model_id) as resp:
+            assert resp.status == 200
+    hint = {EVICT_HEADER: "b"}  # b is the most recently used: plain LRU would evict a
+    async with await replica.get("c", as_router=False, headers=hint) as resp:
+        assert resp.status == 200
+    assert [m for m, _ in replica.resident()] == ["b", "c"]  # a client's hint: ignored
+    async with await replica.get("d", headers={EVICT_HEADER: "c"}) as resp:
+        assert resp.status == 200
+    assert [m for m, _ in replica.resident()] == ["b", "d"]  # the router's: obeyed

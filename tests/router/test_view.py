@@ -86,6 +86,16 @@ def test_a_report_that_is_not_newer_is_ignored(sequence: int) -> None:
     assert replica.last_report_at == 0.0
 
 
+def test_a_late_report_of_a_replaced_process_changes_nothing() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], sequence=40, incarnation="old"), now=0.0)
+    view.apply_report(snapshot("r1", ["b"], sequence=0, incarnation="new"), now=1.0)
+    late = snapshot("r1", ["a", "z"], sequence=41, incarnation="old")  # sent before it died
+    assert view.apply_report(late, now=2.0) is ReportOutcome.OUT_OF_ORDER
+    assert held(view, "r1") == {"b"}
+    assert view.replicas["r1"].incarnation == "new"
+
+
 def test_a_new_incarnation_forgets_what_the_old_process_held() -> None:
     view = ClusterView()
     view.apply_report(snapshot("r1", ["a", "b"], sequence=40, incarnation="old"), now=0.0)
@@ -504,6 +514,7 @@ class ViewMachine(RuleBasedStateMachine):
         )
         self.now = 0.0
         self.known: dict[str, tuple[str, int]] = {}  # replica id -> (incarnation, sequence)
+        self.retired: dict[str, set[str]] = {}  # replica id -> incarnations it replaced
         self.replica_in_flight: dict[str, int] = {}
         self.model_in_flight: dict[tuple[str, str], int] = {}
         self.outstanding: list[tuple[str, str]] = []
@@ -528,8 +539,12 @@ class ViewMachine(RuleBasedStateMachine):
         outcome = self.view.apply_report(report, self.now)
         if before is None:
             assert outcome is ReportOutcome.NEW_REPLICA
+        elif report.incarnation in self.retired.get(rid, set()):
+            assert outcome is ReportOutcome.OUT_OF_ORDER  # a replaced process, late
+            return
         elif before[0] != report.incarnation:
             assert outcome is ReportOutcome.NEW_INCARNATION
+            self.retired.setdefault(rid, set()).add(before[0])
             self._forget_models_of(rid)
         elif report.sequence <= before[1]:
             assert outcome is ReportOutcome.OUT_OF_ORDER
@@ -659,6 +674,7 @@ class ViewMachine(RuleBasedStateMachine):
             assert outcome is ChannelClosed.LEFT
             assert rid not in self.view.replicas
             self.known.pop(rid, None)
+            self.retired.pop(rid, None)
             self.replica_in_flight.pop(rid, None)
             self._forget_models_of(rid)
         else:
@@ -677,6 +693,7 @@ class ViewMachine(RuleBasedStateMachine):
         for rid in expected:
             assert rid not in self.view.replicas
             self.known.pop(rid, None)
+            self.retired.pop(rid, None)
             self.replica_in_flight.pop(rid, None)
             self._forget_models_of(rid)
 
@@ -685,6 +702,7 @@ class ViewMachine(RuleBasedStateMachine):
         self.view.forget(rid)
         assert rid not in self.view.replicas
         self.known.pop(rid, None)
+        self.retired.pop(rid, None)
         self.replica_in_flight.pop(rid, None)
         self._forget_models_of(rid)
 
