@@ -1,13 +1,18 @@
 """A local cluster for tests and benchmarks: a router and N replicas as real processes.
 
-`LocalCluster` writes a config (the router on 127.0.0.1, every port ephemeral) into a working
-directory, starts `python -m router` and N `python -m replica` as a user runs them, with a fresh
-cluster secret in their environment (the launcher's `child_environment`), waits until the router
-shows every replica healthy, reads the router's `/-/status` and the replicas' load counters, and
-stops every process it started. It is synchronous (a thread per child collects its output), so a
-test or a script drives it without an event loop; `wait_for` is its one poll with a deadline.
+`LocalCluster` writes a config (the router on 127.0.0.1 unless told otherwise, every port
+ephemeral) into a working directory, starts `python -m router` and N `python -m replica` as a
+user runs them, with a fresh cluster secret in their environment (the launcher's
+`child_environment`), waits until the router shows every replica healthy, reads the router's
+`/-/status` and the replicas' load counters, and stops every process it started. It is
+synchronous (a thread per child collects its output), so a test or a script drives it without an
+event loop; `wait_for` is its one poll with a deadline.
 
 Unlike `modelplex up`, nothing is restarted: a test that kills a replica sees it stay down.
+
+A `ReplicaPlacement` puts one replica elsewhere: behind a command prefix (another network
+namespace, say), bound to and advertising its own address, reaching the router at the address it
+sees; with `router_host` the router binds an address those replicas can reach.
 
 Invariants:
 - `start()` returns with every replica healthy, or raises `ClusterFailed` carrying the last
@@ -26,19 +31,22 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import yaml
 
+from common.addresses import reachable_url
 from common.auth import generate_secret
 from common.status import ReplicaStatusDocument, RouterStatusDocument
 from router.launch._launcher import child_environment
 
-__all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "wait_for"]
+__all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "ReplicaPlacement", "wait_for"]
 
 SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
 POLL_INTERVAL_S = 0.02
@@ -74,6 +82,33 @@ def _get(url: str, timeout_s: float = 10.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         body: bytes = response.read()
     return body
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicaPlacement:
+    """Where one replica runs and how it is reached; the defaults run it on this machine as
+    the config says (bound to `deployment.host`, reporting to the router's URL)."""
+
+    command_prefix: tuple[str, ...] = ()  # run under it, e.g. ("ip", "netns", "exec", "ns1")
+    host: str | None = None  # --host: the address it binds; None: the config's deployment.host
+    port: int = 0  # --port: 0 = any free port
+    advertise_url: str | None = None  # --advertise-url; None: the replica derives it
+    router_host: str | None = None  # where it reaches the router (same port); None: router URL
+
+    def argv(self, replica_argv: Sequence[str], router_url: str) -> list[str]:
+        """`replica_argv` (`python -m replica --config ... --replica-id ...`) with this
+        placement's prefix and flags, reporting to `router_url` or its `router_host`."""
+        router = router_url
+        if self.router_host is not None:
+            parsed = urllib.parse.urlsplit(router_url)
+            host = f"[{self.router_host}]" if ":" in self.router_host else self.router_host
+            router = parsed._replace(netloc=f"{host}:{parsed.port}").geturl()
+        argv = [*self.command_prefix, *replica_argv, "--router", router, "--port", str(self.port)]
+        if self.host is not None:
+            argv += ["--host", self.host]
+        if self.advertise_url is not None:
+            argv += ["--advertise-url", self.advertise_url]
+        return argv
 
 
 class ChildProcess:
@@ -154,7 +189,8 @@ class LocalCluster:
 
     `deployment` and `router` hold further keys of the config's sections (the config's defaults
     otherwise); `workdir` holds the config and is the children's working directory (None: a
-    temporary directory, removed by `close()`).
+    temporary directory, removed by `close()`). `router_host` is the address the router binds
+    (a wildcard is reached on loopback); `placements` puts replicas, by id, elsewhere.
     """
 
     def __init__(
@@ -168,6 +204,8 @@ class LocalCluster:
         router: Mapping[str, Any] | None = None,
         router_log_level: str | None = None,
         ready_timeout_s: float = 60.0,
+        router_host: str = "127.0.0.1",
+        placements: Mapping[str, ReplicaPlacement] | None = None,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="modelplex-")) if workdir is None else workdir
@@ -175,7 +213,7 @@ class LocalCluster:
         self.secret = generate_secret()
         self.config_path = self.workdir / "cluster.yaml"
         config = {
-            "router": {**(router or {}), "host": "127.0.0.1", "port": 0},
+            "router": {**(router or {}), "host": router_host, "port": 0},
             "deployment": {
                 **(deployment or {}),
                 "import_path": import_path,
@@ -189,6 +227,7 @@ class LocalCluster:
         self.url = ""
         self._router_log_level = router_log_level
         self._ready_timeout_s = ready_timeout_s
+        self._placements = dict(placements or {})
         self._env = child_environment(self.secret, self.workdir, _IMPORT_ROOT)
 
     def start(self) -> LocalCluster:
@@ -198,7 +237,7 @@ class LocalCluster:
             argv += ["--log-level", self._router_log_level]
         try:
             self.router = ChildProcess("router", argv, env=self._env, cwd=self.workdir)
-            self.url = self.router.url(self._ready_timeout_s)
+            self.url = reachable_url(self.router.url(self._ready_timeout_s))
             for number in range(1, self.num_replicas + 1):
                 self.start_replica(f"replica-{number}")
             self.wait_healthy(self.num_replicas, self._ready_timeout_s)
@@ -210,10 +249,14 @@ class LocalCluster:
             raise
         return self
 
-    def start_replica(self, replica_id: str) -> ChildProcess:
-        """Start one more replica process (it joins the router; nothing waits for it)."""
-        argv = [sys.executable, "-m", "replica", "--config", str(self.config_path)]
-        argv += ["--replica-id", replica_id, "--router", self.url, "--port", "0"]
+    def start_replica(
+        self, replica_id: str, *, placement: ReplicaPlacement | None = None
+    ) -> ChildProcess:
+        """Start one more replica process (it joins the router; nothing waits for it), placed
+        by `placement`, else by the cluster's placement for `replica_id`, else on loopback."""
+        placement = placement or self._placements.get(replica_id) or ReplicaPlacement()
+        replica_argv = [sys.executable, "-m", "replica", "--config", str(self.config_path)]
+        argv = placement.argv([*replica_argv, "--replica-id", replica_id], self.url)
         process = ChildProcess(replica_id, argv, env=self._env, cwd=self.workdir)
         self.replicas[replica_id] = process
         return process
