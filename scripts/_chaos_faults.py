@@ -17,7 +17,8 @@ fail-load request) and when it ended (`ended`: recovered, or gave up waiting), a
 
 `run_schedule` injects the kinds in turn every `every_s` seconds (the next one starts at once
 if the previous took longer), starting `every_s` after the start, none later than 1 s before
-the end. `link_cut_note` says why the optional namespace link cut is skipped.
+the end; a fault under way at the end (a long SIGSTOP) runs to its end while the clients stop
+sending. `link_cut_note` says why the optional namespace link cut is skipped.
 """
 
 from __future__ import annotations

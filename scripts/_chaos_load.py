@@ -12,10 +12,11 @@ a refused connect returns. Requests for a `fail-load-*` id are sent only while
 Every request has a client deadline (`deadline_s`, whole answer included) and ends as one
 `Outcome` with a `kind`: "ok" for a complete 2xx answer, otherwise the first that applies of
 `client_timeout` (no complete answer by the deadline: a hang), `connection_refused`,
-`connection_reset`, `truncated_stream` / `truncated_body` (the answer broke after its status
-line, or a stream had fewer chunks than asked), `wrong_answer` (2xx with another model's JSON),
-`<status>:<error code>` for an HTTP error with the JSON error body the router and replicas send,
-`<status>` for one without, `client_error:<exception>` for anything else. The client never
+`connection_reset` (at connect, or before the status line), `truncated_stream` /
+`truncated_body` (the answer broke after its status line, or a stream had fewer chunks than
+asked), `wrong_answer` (2xx with another model's JSON), `<status>:<error code>` for an HTTP
+error with the JSON error body the router and replicas send, `<status>` for one without,
+`client_error:<exception>` for anything else. The client never
 retries: the router's retries are what is measured.
 """
 
@@ -123,6 +124,8 @@ def _transport_kind(error: BaseException, *, answered: bool, stream: bool) -> st
     if isinstance(error, aiohttp.ClientConnectorError):
         if error.os_error.errno == errno.ECONNREFUSED:
             return "connection_refused"
+        if error.os_error.errno == errno.ECONNRESET:  # accepted by a router that then died
+            return "connection_reset"
         return f"connect_error:{errno.errorcode.get(error.os_error.errno or 0, '?')}"
     if isinstance(error, aiohttp.ServerDisconnectedError | ConnectionResetError):
         return "connection_reset"

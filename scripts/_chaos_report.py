@@ -11,7 +11,9 @@ Counting rules (also printed under the table):
   every window are "unattributed" (nothing injected explains them).
 - In flight at a replica kill or stop: a request that started before the signal and ended after
   it. Of those, a success names its replica (`x-modelplex-replica`); a failure cannot say where
-  it ran, so every failure in flight at the signal is counted against that fault.
+  it ran, so every failure in flight at the signal is counted against that fault. A success
+  "on the target" of a kill was already on its way to the client at the signal, or was sent to
+  the restarted replica.
 - Router counters (`retries`, ...) reset when the router restarts: the sampler keeps, per router
   lifetime (its `started_at`), the largest value seen, and the figures are their sums. Counts
   made in a lifetime's last second before a kill -9 are lost.
@@ -133,6 +135,19 @@ def summarize(
         "notes": list(notes),
         "config": dict(config or {}),
     }
+
+
+def records(outcomes: Sequence[Outcome], *, measured_from: float) -> list[dict[str, Any]]:
+    """Every measured request, its times in seconds after the warm-up, for `--records`."""
+    return [
+        {
+            **asdict(o),
+            "start": round(o.start - measured_from, 4),
+            "end": round(o.end - measured_from, 4),
+        }
+        for o in outcomes
+        if o.start >= measured_from
+    ]
 
 
 def _fault_doc(fault: Fault, measured_from: float) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from _chaos_cluster import ClusterSpec, LauncherProcess, LaunchFailed, ProcessSample, process_sample
 from _chaos_faults import FAULT_KINDS, Fault, FaultContext, link_cut_note, run_schedule
 from _chaos_load import Load, Mix
-from _chaos_report import format_table, summarize
+from _chaos_report import format_table, records, summarize
 
 SAMPLE_INTERVAL_S = 1.0
 
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     arg("--infer-s", type=float, default=0.005, help="synthetic inference time (0.005)")
     arg("--port", type=int, default=0, help="the router's port (0: a free one)")
     arg("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    arg("--records", type=Path, metavar="FILE", help="write every request as a JSON line")
     arg("--keep", action="store_true", help="keep the run's directory (config, launcher log)")
     return parser
 
@@ -149,8 +150,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             run_schedule(ctx, kinds, every_s=args.fault_every, start=measured_from, end=end)
         )
         await asyncio.sleep(max(0.0, end - time.monotonic()))
-        await load.stop()
         duration_s = time.monotonic() - measured_from
+        await load.stop()
+        drain_s = time.monotonic() - measured_from - duration_s
         faults = await schedule
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -170,6 +172,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         } | {"faults": kinds, "models": args.models, "capacity": args.capacity}
         config |= {"warmup_s": args.warmup, "load_s": args.load_s, "infer_s": args.infer_s}
+        notes.append(
+            f"the clients stopped sending after {duration_s:.1f} s; the requests in flight "
+            f"then took {drain_s:.1f} s more to end"
+        )
+        if args.records is not None:
+            lines = records(load.outcomes, measured_from=measured_from)
+            args.records.write_text("".join(json.dumps(line) + "\n" for line in lines))
         return summarize(
             load.outcomes,
             faults,
