@@ -45,7 +45,7 @@ class Reporter:
         build_snapshot: Callable[[], ReplicaSnapshot],
         heartbeat_interval_s: float = 1.0,
         backoff_initial_s: float = 0.05,
-        backoff_max_s: float = 2.0,
+        backoff_max_s: float = 0.5,  # a restarted router hears from every replica this soon
         connect_timeout_s: float = 5.0,
     ) -> None:
         self._secret = secret
@@ -169,7 +169,17 @@ class _Channel:
                     delay = reporter.backoff_initial_s
                     await self._serve(ws)
                 if not reporter.closing:
-                    logger.warning("router %s closed the state channel; reconnecting", self.router)
+                    error = ws.exception()
+                    why = (
+                        f"no answer to our pings ({error!r})"
+                        if isinstance(error, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+                        else f"closed by the router (code {ws.close_code})"
+                        if error is None
+                        else repr(error)
+                    )
+                    logger.warning(
+                        "state channel to router %s ended: %s; reconnecting", self.router, why
+                    )
             except aiohttp.WSServerHandshakeError as error:
                 if error.status == 401:
                     if not failing:

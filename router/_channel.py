@@ -38,13 +38,20 @@ class ReportIntake:
         secret: str,
         clock: Callable[[], float],
         counters: Counter[str],
+        on_down: Callable[[str], None] = lambda _: None,
     ) -> None:
+        """`on_down(replica_id)`: a replica's channel closed while it was serving (not
+        draining): the requests waiting on it should not wait for their deadline."""
         self.view = view
+        self._on_down = on_down
         self.admission = admission
         self.secret = secret
         self.clock = clock
         self.counters = counters
         self._open: set[web.WebSocketResponse] = set()
+        # Open channels per (replica id, incarnation): a replica that reconnects may have a new
+        # channel up before the router notices its old one is dead.
+        self._senders: Counter[tuple[str, str]] = Counter()
 
     async def close(self) -> None:
         """The router stops: close every open channel (the replicas reconnect elsewhere)."""
@@ -85,21 +92,32 @@ class ReportIntake:
                 except WireError as exc:
                     await self._reject(ws, str(exc))
                     continue
-                if sender is not None and sender[0] != replica_id:
-                    self.view.superseded(*sender)
-                sender = (replica_id, incarnation)
+                if sender != (replica_id, incarnation):
+                    if sender is not None:
+                        self._senders[sender] -= 1
+                        if sender[0] != replica_id:
+                            self.view.superseded(*sender)
+                    sender = (replica_id, incarnation)
+                    self._senders[sender] += 1
         finally:
             self._open.discard(ws)
             if sender is not None:
-                self._channel_closed(*sender)
+                self._senders[sender] -= 1
+                if self._senders[sender] <= 0:
+                    del self._senders[sender]
+                    self._channel_closed(*sender)
         return ws
 
     def _channel_closed(self, replica_id: str, incarnation: str) -> None:
+        replica = self.view.replicas.get(replica_id)
+        draining = replica is not None and replica.draining
         outcome = self.view.channel_closed(replica_id, incarnation)
         if outcome is ChannelClosed.LEFT:
             logger.info("replica %s drained and left", replica_id)
         elif outcome is ChannelClosed.DOWN:
             logger.info("replica %s disconnected; not routing to it", replica_id)
+            if not draining:  # a draining replica finishes what it has before it goes
+                self._on_down(replica_id)
         self.admission.offer()
 
     async def _reject(self, ws: web.WebSocketResponse, message: str) -> None:

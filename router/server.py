@@ -122,7 +122,12 @@ class RouterServer:
         )
         self.counters: Counter[str] = Counter()
         self.reports = ReportIntake(
-            self.view, self.admission, secret=secret, clock=self.clock, counters=self.counters
+            self.view,
+            self.admission,
+            secret=secret,
+            clock=self.clock,
+            counters=self.counters,
+            on_down=self._abandon,
         )
         self.started_at = time.time()
         self.url = ""

@@ -14,13 +14,20 @@ start (a router and N replicas, no launcher), shipped so no suite copies it.
 
 from router.launch._cli import main
 from router.launch._launcher import Launcher, run_launcher
-from router.launch._local_cluster import ChildProcess, ClusterFailed, LocalCluster, wait_for
+from router.launch._local_cluster import (
+    ChildProcess,
+    ClusterFailed,
+    LocalCluster,
+    ReplicaPlacement,
+    wait_for,
+)
 
 __all__ = [
     "ChildProcess",
     "ClusterFailed",
     "Launcher",
     "LocalCluster",
+    "ReplicaPlacement",
     "main",
     "run_launcher",
     "wait_for",

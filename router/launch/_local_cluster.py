@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import yaml
 
 from common.addresses import reachable_url
-from common.auth import generate_secret
+from common.auth import authorization_value, generate_secret
 from common.status import ReplicaStatusDocument, RouterStatusDocument
 from router.launch._launcher import child_environment
 
@@ -78,8 +78,11 @@ def wait_for(condition: Callable[[], _T], timeout_s: float, what: str) -> _T:
         time.sleep(POLL_INTERVAL_S)
 
 
-def _get(url: str, timeout_s: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+def _get(url: str, timeout_s: float = 10.0, *, secret: str | None = None) -> bytes:
+    """GET `url`; with `secret`, as an operator with the cluster secret."""
+    headers = {"Authorization": authorization_value(secret)} if secret else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         body: bytes = response.read()
     return body
 
@@ -273,7 +276,9 @@ class LocalCluster:
 
     def status(self) -> RouterStatusDocument:
         """The router's `/-/status`."""
-        document: RouterStatusDocument = json.loads(_get(self.url + "/-/status"))
+        document: RouterStatusDocument = json.loads(
+            _get(self.url + "/-/status", secret=self.secret)
+        )
         return document
 
     def healthy(self) -> list[ReplicaStatusDocument]:
@@ -298,7 +303,7 @@ class LocalCluster:
         its `/-/metrics`."""
         counts: dict[str, int] = {}
         for replica_id, url in self.replica_urls().items():
-            text = _get(url + "/-/metrics").decode()
+            text = _get(url + "/-/metrics", secret=self.secret).decode()
             counts[replica_id] = int(sum(float(v) for v in LOAD_COUNTER.findall(text)))
         return counts
 

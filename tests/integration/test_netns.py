@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _netns import Host, Hosts, unavailable
 
-from router.launch import LocalCluster, wait_for
-from router.launch._local_cluster import ReplicaPlacement
+from common.auth import authorization_value, data_path_token
+from common.headers import CREDENTIAL_HEADER
+from router.launch import LocalCluster, ReplicaPlacement, wait_for
+
+from _netns import Host, Hosts, unavailable
 
 _NO_NETNS = unavailable()
 pytestmark = pytest.mark.skipif(_NO_NETNS is not None, reason=f"{_NO_NETNS}")
@@ -126,13 +128,15 @@ def replica_entry(cluster: LocalCluster, replica_id: str) -> dict[str, Any]:
     raise AssertionError(f"{replica_id} is not in the router's /-/status")
 
 
-def ask_replica(url: str, model: str) -> tuple[dict[str, Any], bool]:
-    """Send a request for `model` straight to a replica: its JSON answer, and whether the
-    answer says the model was loaded for it (`x-modelplex-cold`)."""
+def ask_replica(url: str, model: str, secret: str) -> tuple[dict[str, Any], bool]:
+    """Send a request for `model` straight to a replica, as its router does (a replica beyond
+    loopback serves its routers only): its JSON answer, and whether the answer says the model
+    was loaded for it (`x-modelplex-cold`)."""
+    credential = authorization_value(data_path_token(secret))
     parsed = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parsed.hostname or "", parsed.port, timeout=10)
     try:
-        connection.request("GET", "/predict", headers={MODEL: model})
+        connection.request("GET", "/predict", headers={MODEL: model, CREDENTIAL_HEADER: credential})
         response = connection.getresponse()
         body = json.loads(response.read())
         assert response.status == 200, body
@@ -207,7 +211,7 @@ def test_a_cut_host_leaves_routing_and_rejoins_with_its_models(
         victim_id, incarnation = victim["replica_id"], victim["incarnation"]
         held = {m["model_id"] for m in victim["models"]}
         model = min(held)
-        first_answer, _ = ask_replica(victim["url"], model)
+        first_answer, _ = ask_replica(victim["url"], model, cluster.secret)
         process = cluster.replicas[victim_id]
         assert first_answer["pid"] == process.pid
         host = hosts[int(victim_id.removeprefix("replica-")) - 1]
@@ -268,6 +272,6 @@ def test_a_cut_host_leaves_routing_and_rejoins_with_its_models(
     assert process.alive()
     assert rejoined["incarnation"] == incarnation
     assert held <= {m["model_id"] for m in rejoined["models"]}, (held, rejoined["models"])
-    answer, cold = ask_replica(rejoined["url"], model)
+    answer, cold = ask_replica(rejoined["url"], model, cluster.secret)
     assert not cold, answer
     assert (answer["pid"], answer["loaded_at"]) == (process.pid, first_answer["loaded_at"])

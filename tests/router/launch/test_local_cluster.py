@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
-from router.launch import LocalCluster, wait_for
-from router.launch._local_cluster import ReplicaPlacement
+from router.launch import LocalCluster, ReplicaPlacement, wait_for
 
 
 def test_the_config_puts_the_router_on_an_ephemeral_loopback_port(tmp_path: Path) -> None:
