@@ -75,6 +75,10 @@ class RouterConfig:
     # cool-down that doubles with each failed probe (up to 30 s).
     breaker_failures: int = 5
     breaker_cooldown_s: float = 2.0
+    # A model whose load fails on a replica is not placed there again for this long; once it
+    # failed on max_load_failures replicas (or every one), its requests get 503 at once.
+    load_failure_cooldown_s: float = 30.0
+    max_load_failures: int = 3
     # A rarely needed override: a fixed time, in model-load times, that a request for a cold
     # model may wait for a slot rather than evict a model asked for more often. null (the
     # default) lets the policy bound the wait by itself, to about one load time.
@@ -188,6 +192,8 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     ),
     "breaker_failures": _count(1),
     "breaker_cooldown_s": _POSITIVE_SECONDS,
+    "load_failure_cooldown_s": _POSITIVE_SECONDS,
+    "max_load_failures": _count(1),
     "popular_model_patience": _Rule(
         _optional_seconds,
         lambda v: v is None or 0 <= v < math.inf,

@@ -8,6 +8,7 @@ __all__ = [
     "CREDENTIAL_HEADER",
     "EVICT_HEADER",
     "INTERNAL_PREFIX",
+    "LOAD_FAILED_HEADER",
     "REPLICA_HEADER",
 ]
 
@@ -16,4 +17,5 @@ COLD_HEADER = "x-modelplex-cold"  # "1" when the request waited for a model load
 EVICT_HEADER = "x-modelplex-evict"  # router -> replica: the model to give up for this one
 CACHE_HEADER = "x-modelplex-cache"  # -> replica /-/load: the loader whose cache loads the model
 CREDENTIAL_HEADER = "x-modelplex-authorization"  # router -> replica: Bearer data_path_token
+LOAD_FAILED_HEADER = "x-modelplex-load-failed"  # replica -> router: this model's load failed
 INTERNAL_PREFIX = "x-modelplex-"  # every header above; a client's are dropped by the router

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 __all__ = [
+    "LoadFailureDocument",
     "ReplicaStateDocument",
     "ReplicaStatusDocument",
     "ResidentModelDocument",
@@ -48,12 +49,22 @@ class ReplicaStatusDocument(TypedDict):
     load_ms_avg: float | None
 
 
+class LoadFailureDocument(TypedDict):
+    model_id: str
+    replica_id: str
+    message: str
+    """The loader's error, as the replica reported it."""
+    age_s: float
+
+
 class RouterInfoDocument(TypedDict):
     url: str
     started_at: float
     """Unix time the router started."""
     queued: int
     counters: dict[str, int]
+    load_failures: list[LoadFailureDocument]
+    """Loads that failed within the cool-down (`router.load_failure_cooldown_s`), oldest first."""
 
 
 class RouterStatusDocument(TypedDict):

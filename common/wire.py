@@ -36,13 +36,16 @@ from common.model_id import InvalidModelId, validate_model_id
 
 __all__ = [
     "CHANNEL_PATH",
+    "MAX_FAILURE_MESSAGE_CHARS",
     "MAX_FRAME_BYTES",
+    "MAX_LOAD_FAILURES",
     "MAX_MODELS_PER_REPORT",
     "MAX_NAME_BYTES",
     "REPORT_PATH",
     "UNLIMITED_CAPACITY",
     "WIRE_VERSION",
     "ErrorReply",
+    "LoadFailure",
     "ModelEntry",
     "ReplicaSnapshot",
     "WireError",
@@ -83,7 +86,11 @@ _SNAPSHOT_FIELDS = frozenset(
         "load_ms_avg",
     }
 )
-_OPTIONAL_SNAPSHOT_FIELDS = frozenset({"max_concurrent_loads"})
+_OPTIONAL_SNAPSHOT_FIELDS = frozenset({"max_concurrent_loads", "load_failures"})
+MAX_FAILURE_MESSAGE_CHARS = 500
+"""A load failure's message is cut to this many characters."""
+MAX_LOAD_FAILURES = 64
+"""The most load failures one report carries (the most recent)."""
 _ERROR_FIELDS = frozenset({"v", "type", "code", "message"})
 _MAX_MAP_LEN = 32
 _URL_SCHEMES = ("http://", "https://")
@@ -103,6 +110,17 @@ class ModelEntry:
     """Seconds since the model was last used (>= 0), measured on the replica."""
     in_use: int
     """Requests currently holding (pinning) the model, >= 0."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadFailure:
+    """A model load that failed on the replica recently."""
+
+    model_id: str
+    message: str
+    """The loader's error, e.g. "FileNotFoundError: /models/a.bin" (at most 500 characters)."""
+    age_s: float
+    """Seconds since it failed (>= 0), measured on the replica."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,6 +151,8 @@ class ReplicaSnapshot:
     """Recent mean model-load time in milliseconds, if the replica has loaded any."""
     max_concurrent_loads: int | None = None
     """Loads the replica runs at once (>= 1); None: as many as it has model slots."""
+    load_failures: tuple[LoadFailure, ...] = ()
+    """Loads that failed recently, one per model (the latest), at most `MAX_LOAD_FAILURES`."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -164,6 +184,10 @@ def encode_snapshot(snapshot: ReplicaSnapshot) -> bytes:
     }
     if snapshot.max_concurrent_loads is not None:
         payload["max_concurrent_loads"] = snapshot.max_concurrent_loads
+    if snapshot.load_failures:
+        payload["load_failures"] = [
+            [f.model_id, f.message, f.age_s] for f in snapshot.load_failures
+        ]
     _snapshot_from_payload(payload)
     return _pack(payload)
 
@@ -270,7 +294,30 @@ def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
         draining=draining,
         load_ms_avg=load_ms_avg,
         max_concurrent_loads=max_concurrent_loads,
+        load_failures=_load_failures(payload.get("load_failures", [])),
     )
+
+
+def _load_failures(raw: Any) -> tuple[LoadFailure, ...]:
+    _check_list(raw, "load_failures")
+    if len(raw) > MAX_LOAD_FAILURES:
+        raise WireError(f"field 'load_failures' holds {len(raw)}; the limit is {MAX_LOAD_FAILURES}")
+    failures: list[LoadFailure] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        if type(item) is not list or len(item) != 3:
+            raise WireError(f"load_failures[{index}] must be an array [model_id, message, age_s]")
+        model_id, message, age_s = item
+        _check_model_id(model_id, "load_failures", index, seen)
+        seen.add(model_id)
+        if type(message) is not str or len(message) > MAX_FAILURE_MESSAGE_CHARS:
+            raise WireError(
+                f"load_failures[{index}]: message must be a string of at most "
+                f"{MAX_FAILURE_MESSAGE_CHARS} characters"
+            )
+        age = _non_negative_float(age_s, f"load_failures[{index}]: age_s")
+        failures.append(LoadFailure(model_id=model_id, message=message, age_s=age))
+    return tuple(failures)
 
 
 def _models(raw: Any) -> tuple[ModelEntry, ...]:

@@ -29,10 +29,12 @@ import asyncio
 import enum
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from common.wire import MAX_FAILURE_MESSAGE_CHARS, MAX_LOAD_FAILURES, LoadFailure
 from replica._cache_core import UNLIMITED, Acquired, Acquisition, CacheCore, CacheState
 from replica._cleanup import run_cleanup
 from replica._context import RequestScope, current_scope
@@ -51,6 +53,7 @@ __all__ = [
 logger = logging.getLogger("modelplex.replica")
 
 M = TypeVar("M")
+FAILURES_KEPT_S = 60.0  # a failed load is reported this long, unless the model loads since
 
 
 class CacheEventKind(enum.Enum):
@@ -126,6 +129,8 @@ class ModelCache(Generic[M]):
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # The latest failed load of each model, oldest first: (the loader's error, clock time).
+        self._failures: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -154,6 +159,19 @@ class ModelCache(Generic[M]):
     def holds(self, model_id: str) -> bool:
         """`model_id` is resident or loading."""
         return self._core.holds(model_id)
+
+    def recent_failures(self, now: float) -> list[LoadFailure]:
+        """Loads that failed within `FAILURES_KEPT_S` of `now` (this cache's clock) and have
+        not succeeded since, newest last."""
+        while self._failures:
+            oldest = next(iter(self._failures.values()))
+            if now - oldest[1] <= FAILURES_KEPT_S:
+                break
+            self._failures.popitem(last=False)
+        return [
+            LoadFailure(model_id=model_id, message=message, age_s=max(0.0, now - at))
+            for model_id, (message, at) in self._failures.items()
+        ]
 
     def add_listener(self, listener: Listener) -> None:
         """Call `listener` synchronously on every change; it must not raise or block."""
@@ -205,9 +223,11 @@ class ModelCache(Generic[M]):
         load = self._loads[model_id]
         try:
             model = await asyncio.shield(load.ready)
-        except BaseException:
+        except BaseException as exc:
             if not load.failed:  # this get was cancelled: its pin is still there
                 self._release(model_id)
+            elif scope is not None and isinstance(exc, Exception):
+                scope.failed_load = model_id  # so the answer can say the load failed
             raise
         return self._hold(model_id, model, scope)
 
@@ -226,6 +246,13 @@ class ModelCache(Generic[M]):
 
         scope.hold(release)
         return model
+
+    def _failed(self, model_id: str, error: Exception) -> None:
+        message = f"{type(error).__name__}: {error}"[:MAX_FAILURE_MESSAGE_CHARS]
+        self._failures.pop(model_id, None)
+        self._failures[model_id] = (message, self._clock())
+        while len(self._failures) > MAX_LOAD_FAILURES:
+            self._failures.popitem(last=False)
 
     def _release(self, model_id: str) -> None:
         if self._core.release(model_id):
@@ -279,6 +306,8 @@ class ModelCache(Generic[M]):
             self._give_turn(self._core.load_failed(model_id).next_turn)
             if called:
                 self.metrics.load_failures += 1
+                if isinstance(exc, Exception):
+                    self._failed(model_id, exc)
             if isinstance(exc, asyncio.CancelledError):
                 load.ready.cancel()
             else:
@@ -290,6 +319,7 @@ class ModelCache(Generic[M]):
             return
         del self._loads[model_id]
         self._models[model_id] = model
+        self._failures.pop(model_id, None)
         ended = self._core.loaded(model_id)
         self._give_turn(ended.next_turn)
         self.metrics.loads += 1

@@ -22,12 +22,20 @@ _scope: ContextVar[RequestScope | None] = ContextVar("modelplex_request_scope", 
 class RequestScope:
     """What one request holds: its model id, its pins, and whether it waited for a load."""
 
-    __slots__ = ("_releases", "closed", "evict_hint", "model_id", "waited_for_load")
+    __slots__ = (
+        "_releases",
+        "closed",
+        "evict_hint",
+        "failed_load",
+        "model_id",
+        "waited_for_load",
+    )
 
     def __init__(self, model_id: str, evict_hint: str = "") -> None:
         self.model_id = model_id
         self.evict_hint = evict_hint  # the model the router asked this replica to give up
         self.waited_for_load = False
+        self.failed_load: str | None = None  # a model whose load failed under this request
         self.closed = False
         self._releases: list[Callable[[], None]] = []
 

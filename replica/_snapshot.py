@@ -23,7 +23,14 @@ from collections.abc import Iterable, Sequence
 
 from common.model_id import InvalidModelId, validate_model_id
 from common.status import ReplicaStateDocument, ResidentModelDocument
-from common.wire import MAX_MODELS_PER_REPORT, UNLIMITED_CAPACITY, ModelEntry, ReplicaSnapshot
+from common.wire import (
+    MAX_LOAD_FAILURES,
+    MAX_MODELS_PER_REPORT,
+    UNLIMITED_CAPACITY,
+    LoadFailure,
+    ModelEntry,
+    ReplicaSnapshot,
+)
 from replica._cache_core import CacheState, ResidentModel
 from replica._metrics import CacheMetrics
 
@@ -136,8 +143,10 @@ def build_snapshot(
     load_ms_avg: float | None,
     now: float,
     fallback_max_concurrent_loads: int | None = None,
+    load_failures: Sequence[LoadFailure] = (),
 ) -> ReplicaSnapshot:
-    """The snapshot of a replica whose caches are in `states`, at `now` on the caches' clock."""
+    """The snapshot of a replica whose caches are in `states`, at `now` on the caches' clock;
+    `load_failures` from every cache (the latest per model is reported)."""
     return ReplicaSnapshot(
         replica_id=replica_id,
         incarnation=incarnation,
@@ -153,7 +162,19 @@ def build_snapshot(
         max_concurrent_loads=combined_load_limit(
             states, fallback_capacity=fallback_capacity, fallback=fallback_max_concurrent_loads
         ),
+        load_failures=_latest_failures(load_failures),
     )
+
+
+def _latest_failures(failures: Sequence[LoadFailure]) -> tuple[LoadFailure, ...]:
+    """One per model (the latest), newest last, at most `MAX_LOAD_FAILURES`."""
+    latest: dict[str, LoadFailure] = {}
+    for failure in failures:
+        known = latest.get(failure.model_id)
+        if known is None or failure.age_s < known.age_s:
+            latest[failure.model_id] = failure
+    ordered = sorted(latest.values(), key=lambda f: -f.age_s)
+    return tuple(ordered[-MAX_LOAD_FAILURES:])
 
 
 def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:

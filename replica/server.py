@@ -32,7 +32,7 @@ from common import headers
 from common.auth import data_path_token, is_authorized
 from common.errors import error_response
 from common.model_id import InvalidModelId, model_id_from_headers
-from common.wire import ReplicaSnapshot, encode_snapshot
+from common.wire import MAX_FAILURE_MESSAGE_CHARS, ReplicaSnapshot, encode_snapshot
 from replica._cache import CacheClosed, ModelSlotTimeout
 from replica._context import RequestScope, request_context
 from replica._deployment import open_caches
@@ -50,6 +50,7 @@ REPLICA_HEADER = istr(headers.REPLICA_HEADER)
 COLD_HEADER = istr(headers.COLD_HEADER)
 EVICT_HEADER = istr(headers.EVICT_HEADER)
 CREDENTIAL_HEADER = istr(headers.CREDENTIAL_HEADER)
+LOAD_FAILED_HEADER = istr(headers.LOAD_FAILED_HEADER)
 CACHE_HEADER = istr(headers.CACHE_HEADER)
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
@@ -191,6 +192,7 @@ class ReplicaServer:
 
     def _snapshot(self, sequence: int) -> ReplicaSnapshot:
         caches = runtime.caches()
+        now = time.monotonic()
         override = runtime.capacity_override
         return build_snapshot(
             replica_id=self.replica_id,
@@ -204,7 +206,8 @@ class ReplicaServer:
             max_ongoing_requests=self.max_ongoing_requests,
             draining=self.draining,
             load_ms_avg=mean_load_ms(cache.metrics for cache in caches),
-            now=time.monotonic(),
+            now=now,
+            load_failures=[f for cache in caches for f in cache.recent_failures(now)],
         )
 
     # -- the request path ------------------------------------------------------------------
@@ -251,13 +254,25 @@ class ReplicaServer:
             response = error_response(503, "draining", str(error))
             response.headers[_RETRY_AFTER] = "1"
         except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            if scope.failed_load is not None:
+                logger.warning("loading model %r failed: %s", scope.failed_load, message)
+                response = error_response(
+                    500,
+                    "model_load_failed",
+                    f"loading model {scope.failed_load!r} failed: {message}",
+                    model_id=scope.failed_load,
+                    loader_error=message[:MAX_FAILURE_MESSAGE_CHARS],
+                )
+                response.headers[LOAD_FAILED_HEADER] = scope.failed_load
+                stamp(response)
+                return response
             logger.exception(
                 "the deployment failed on %s %s (model %r)",
                 request.method,
                 request.path,
                 scope.model_id,
             )
-            message = f"{type(error).__name__}: {error}"
             response = error_response(500, "deployment_error", message)
         stamp(response)
         return response

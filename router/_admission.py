@@ -14,11 +14,15 @@ from router.admission import Actions, AdmissionQueue, Admitted, Refusal
 from router.policy import Policy, Prefetch
 from router.view import ClusterView
 
-__all__ = ["Admission", "Admitted", "NoReplica", "QueueFull", "QueueTimeout"]
+__all__ = ["Admission", "Admitted", "LoadFailed", "NoReplica", "QueueFull", "QueueTimeout"]
 
 
 class NoReplica(Exception):
     """No replica can take requests (none registered, all down or draining)."""
+
+
+class LoadFailed(Exception):
+    """The model failed to load on every replica it was tried on, lately."""
 
 
 class QueueFull(Exception):
@@ -41,6 +45,7 @@ class _Ticket:
 _ERRORS: dict[Refusal, type[Exception]] = {
     Refusal.NO_REPLICA: NoReplica,
     Refusal.QUEUE_FULL: QueueFull,
+    Refusal.LOAD_FAILED: LoadFailed,
 }
 
 

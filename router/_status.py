@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.status import (
+    LoadFailureDocument,
     ReplicaStatusDocument,
     ResidentModelDocument,
     RouterInfoDocument,
@@ -54,6 +55,15 @@ def status_document(server: RouterServer, now: float) -> RouterStatusDocument:
         started_at=server.started_at,
         queued=server.admission.queued,
         counters=dict(sorted(server.counters.items())),
+        load_failures=[
+            LoadFailureDocument(
+                model_id=record.model_id,
+                replica_id=record.replica_id,
+                message=record.message,
+                age_s=round(now - record.at, 3),
+            )
+            for record in server.view.load_failures.records(now)
+        ],
     )
     return RouterStatusDocument(router=router, replicas=replicas)
 

@@ -20,6 +20,9 @@ Rules it keeps:
   on its own, since what holds for its model may not hold for it;
 - `view.demand` counts every arrival once and every queued request from joining to leaving;
 - no routable replica at all refuses every waiter at once (no queue of doomed requests);
+- a model whose load failed lately is not placed again where it failed, and once it failed on
+  enough replicas (`router.load_failures`) its requests are refused at once with the loader's
+  message, until the failures expire;
 - a full queue (`max_queued`) refuses the newcomer.
 """
 
@@ -50,6 +53,12 @@ Chooser = Callable[[R, str, float], Decision]
 class Refusal(enum.Enum):
     NO_REPLICA = "no_replica"  # none registered, or all down, stale or draining
     QUEUE_FULL = "queue_full"
+    LOAD_FAILED = "load_failed"  # the model failed to load wherever it was tried, lately
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadFailed(Reject):
+    """The model's loads keep failing: refuse at once with the loader's message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +156,7 @@ class AdmissionQueue(Generic[R]):
         if isinstance(decision, Route):
             actions.dispatched.append((request, self._dispatch(decision, model_id, now)))
         elif isinstance(decision, Reject):
-            actions.refused.append((request, Refusal.NO_REPLICA, decision.reason))
+            actions.refused.append((request, _refusal(decision), decision.reason))
         elif self._enqueue(request, model_id, now, actions, avoid=avoid):
             self._pass(now, actions)  # as a waiter: its wait's deadline counts from now on
         return actions
@@ -205,6 +214,12 @@ class AdmissionQueue(Generic[R]):
         self, request: R, model_id: str, now: float, avoid: frozenset[str] = frozenset()
     ) -> Decision:
         self.stats.decisions += 1
+        failures = self.view.load_failures
+        if failures and model_id:
+            message = failures.exhausted(model_id, now, self.view.routable_ids)
+            if message is not None:
+                return _LoadFailed(f"model {model_id!r} failed to load: {message}")
+            avoid = avoid | failures.failed_on(model_id, now)
         if self._choose is None:
             decision = self.policy.choose(self.view, model_id, now, avoid=avoid)
         else:  # a simulator baseline's own chooser: the simulator never retries a request
@@ -285,7 +300,7 @@ class AdmissionQueue(Generic[R]):
                 )
             elif isinstance(decision, Reject):
                 self.leave(waiter.request)
-                actions.refused.append((waiter.request, Refusal.NO_REPLICA, decision.reason))
+                actions.refused.append((waiter.request, _refusal(decision), decision.reason))
             else:
                 keep.append(waiter)
                 if not waiter.avoid:
@@ -312,3 +327,7 @@ class AdmissionQueue(Generic[R]):
                 self.view.prefetch(prefetch.replica.replica_id, model_id, now, evict=prefetch.evict)
                 self.stats.prefetches += 1
                 actions.prefetches.append(prefetch)
+
+
+def _refusal(reject: Reject) -> Refusal:
+    return Refusal.LOAD_FAILED if isinstance(reject, _LoadFailed) else Refusal.NO_REPLICA

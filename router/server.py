@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import math
 import time
 import urllib.parse
 from collections import Counter
@@ -28,18 +30,19 @@ from common.addresses import is_loopback
 from common.auth import authorization_value, data_path_token, is_authorized
 from common.config import ClusterConfig
 from common.errors import error_response
-from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
+from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER, LOAD_FAILED_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import (
     CHANNEL_PATH,
     REPORT_PATH,
 )
-from router._admission import Admission, Admitted, NoReplica, QueueFull, QueueTimeout
+from router._admission import Admission, Admitted, LoadFailed, NoReplica, QueueFull, QueueTimeout
 from router._channel import ReportIntake
 from router._http import request_head, request_headers, response_headers
 from router._status import metrics_text, status_document
 from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
 from router.breaker import CircuitBreaker, RetryBudget
+from router.load_failures import LoadFailures
 from router.policy import ModelplexPolicy, Prefetch
 from router.view import ClusterView
 
@@ -66,6 +69,23 @@ class _Watch:
 
     timeout: asyncio.Timeout
     lost: bool = False
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    wanted = name.encode()
+    for key, value in headers:
+        if key.lower() == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _error_message(body: bytes, field: str = "message") -> str | None:
+    """The `error.<field>` of a JSON error answer, if it is one."""
+    try:
+        message = json.loads(body)["error"][field]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return message if isinstance(message, str) else None
 
 
 class _ClientGone(Exception):
@@ -103,11 +123,14 @@ class RouterServer:
         self.clock = time.monotonic
         router = config.router
         self.view = ClusterView(
+            load_failures=LoadFailures(
+                cooldown_s=router.load_failure_cooldown_s, max_failures=router.max_load_failures
+            ),
             breaker=CircuitBreaker(
                 failure_threshold=router.breaker_failures,
                 cooldown_s=router.breaker_cooldown_s,
                 max_cooldown_s=max(_MAX_BREAKER_COOLDOWN_S, router.breaker_cooldown_s),
-            )
+            ),
         )
         self.retry_budget = RetryBudget(
             ratio=router.retry_budget_ratio, min_per_s=router.retry_budget_min_per_s
@@ -260,6 +283,12 @@ class RouterServer:
         except QueueFull as exc:
             self.counters["queue_full"] += 1
             return error_response(503, "queue_full", str(exc), retry_after_s=1)
+        except LoadFailed as exc:
+            self.counters["load_failed_refusals"] += 1
+            wait_s = self.view.load_failures.retry_after_s(model_id, self.clock())
+            return error_response(
+                503, "model_load_failed", str(exc), retry_after_s=max(1, math.ceil(wait_s))
+            )
         except QueueTimeout as exc:
             if loop.time() >= deadline:
                 return self._timed_out()
@@ -316,12 +345,18 @@ class RouterServer:
         try:
             async with self._session.post(replica.url + "/-/load", headers=headers) as answer:
                 if answer.status != 200:
+                    body = await answer.read()
+                    message = _error_message(body) or body.decode(errors="replace")
                     logger.warning(
                         "replica %s could not prefetch %r: %s",
                         replica.replica_id,
                         prefetch.model_id,
-                        await answer.text(),
+                        message,
                     )
+                    if answer.status == 500:  # the loader failed: remember it like a request's
+                        self.view.load_failures.record(
+                            prefetch.model_id, replica.replica_id, message, self.clock()
+                        )
         except aiohttp.ClientError as exc:
             logger.warning("prefetch on replica %s failed: %s", replica.replica_id, exc)
 
@@ -389,9 +424,30 @@ class RouterServer:
             return self._replica_failed(admitted, exc, retry_ok)
         self.view.request_answered(admitted.replica_id)
         try:
+            failed_model = _header(upstream.headers, LOAD_FAILED_HEADER)
+            if failed_model is not None:
+                return await self._load_failed(upstream, admitted, failed_model, retry_ok)
             return await self._answer(request, upstream, admitted, retry_ok, deadline)
         finally:
             upstream.release()
+
+    async def _load_failed(
+        self, upstream: UpstreamResponse, admitted: Admitted, model_id: str, retry_ok: bool
+    ) -> web.StreamResponse:
+        """The replica could not load the model: remember it, and try another replica if that
+        is harmless (the view keeps the model off this one for a while), else pass it on."""
+        try:
+            data = await upstream.read()
+        except (UpstreamBroken, OSError) as exc:
+            return self._replica_failed(admitted, exc, retry_ok)
+        message = _error_message(data, "loader_error") or "the loader failed"
+        self.counters["load_failures"] += 1
+        self.view.load_failures.record(model_id, admitted.replica_id, message, self.clock())
+        logger.warning("model %r failed to load on %s: %s", model_id, admitted.replica_id, message)
+        if retry_ok:
+            raise _Retry
+        headers = response_headers(upstream.headers, admitted.replica_id)
+        return web.Response(status=upstream.status, body=data, headers=headers)
 
     @contextlib.contextmanager
     def _watch(self, replica_id: str, timeout: asyncio.Timeout) -> Iterator[_Watch]:

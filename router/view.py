@@ -32,6 +32,7 @@ from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 from common.wire import ReplicaSnapshot
 from router.breaker import BreakerState, CircuitBreaker
 from router.demand import Demand
+from router.load_failures import LoadFailures
 
 __all__ = [
     "ChannelClosed",
@@ -212,10 +213,13 @@ class ClusterView:
         pending_grace_s: float = 2.0,
         demand: Demand | None = None,
         breaker: CircuitBreaker | None = None,
+        load_failures: LoadFailures | None = None,
     ) -> None:
-        """`breaker`: the settings each replica's circuit breaker starts from."""
+        """`breaker`: the settings each replica's circuit breaker starts from;
+        `load_failures`: where failed loads are remembered (`router.load_failures`)."""
+        self.load_failures = LoadFailures() if load_failures is None else load_failures
         self.pending_grace_s = pending_grace_s
-        self.breaker = breaker or CircuitBreaker()
+        self.breaker = CircuitBreaker() if breaker is None else breaker
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
         self.free: dict[str, None] = {}  # routable replicas with a free model slot, in join order
@@ -224,7 +228,7 @@ class ClusterView:
         self.in_flight = 0  # this router's requests in flight, all replicas
         self.version = 0  # changes with every mutation, so readers may cache what they derive
         self._replica_list: list[ReplicaView] | None = None
-        self.demand = demand or Demand()
+        self.demand = Demand() if demand is None else demand
 
     def __iter__(self) -> Iterator[ReplicaView]:
         return iter(self.replicas.values())
@@ -290,6 +294,7 @@ class ClusterView:
             replica.retired.append(replica.incarnation)
             previous = {}  # a new process holds nothing the old one did
             replica.breaker = self._new_breaker()  # nor has it failed anything
+            self.load_failures.forget_replica(replica.replica_id)
         elif snapshot.sequence <= replica.sequence:
             return ReportOutcome.OUT_OF_ORDER
         else:
@@ -309,6 +314,14 @@ class ClusterView:
         replica.stale = False
         if snapshot.load_ms_avg is not None:
             self.demand.observe_load(snapshot.load_ms_avg / 1000)
+        failures = self.load_failures
+        for failure in snapshot.load_failures:
+            failures.record(
+                failure.model_id, replica.replica_id, failure.message, now - failure.age_s
+            )
+        if failures:
+            for entry in snapshot.models:
+                failures.loaded(entry.model_id, replica.replica_id)
         self._set_models(replica, self._merge(snapshot, previous, now))
         return outcome
 
@@ -463,6 +476,7 @@ class ClusterView:
     def forget(self, replica_id: str) -> None:
         """Drop a replica from the view (it left); a report from it adds it again."""
         self.version += 1
+        self.load_failures.forget_replica(replica_id)
         replica = self.replicas.pop(replica_id, None)
         if replica is not None:
             self.in_flight -= replica.in_flight

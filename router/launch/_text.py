@@ -117,4 +117,9 @@ def format_status(status: RouterStatusDocument) -> str:
         lines.append(textwrap.fill(text, 100, initial_indent="counters: ", subsequent_indent="  "))
     if router["queued"]:
         lines.append(f"queued: {router['queued']}")
+    for failure in router.get("load_failures") or []:  # absent from an older router
+        lines.append(
+            f"load failed: {_cell(failure['model_id'])} on {_cell(failure['replica_id'])} "
+            f"{failure['age_s']:.0f} s ago: {_cell(failure['message'])}"
+        )
     return "\n".join(lines)

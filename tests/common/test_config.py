@@ -36,6 +36,8 @@ router:
   retry_budget_min_per_s: 0
   breaker_failures: 2
   breaker_cooldown_s: 0.5
+  load_failure_cooldown_s: 60
+  max_load_failures: 2
   popular_model_patience: 10
 deployment:
   import_path: examples.tenants:TenantModels
@@ -101,6 +103,8 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         retry_budget_min_per_s=0.0,
         breaker_failures=2,
         breaker_cooldown_s=0.5,
+        load_failure_cooldown_s=60.0,
+        max_load_failures=2,
         popular_model_patience=10.0,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
@@ -224,6 +228,8 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "keepalive_timeout_s", math.inf),
         ("router", "retry_budget_min_per_s", -1),
         ("router", "breaker_failures", 0),
+        ("router", "max_load_failures", 0),
+        ("router", "load_failure_cooldown_s", -1),
         ("router", "breaker_cooldown_s", 0),
         ("router", "popular_model_patience", math.inf),
         ("router", "queue_timeout_s", 0),
@@ -434,6 +440,8 @@ ROUTER = st.fixed_dictionaries(
         "retry_budget_min_per_s": st.floats(0, 1e6),
         "breaker_failures": st.integers(min_value=1),
         "breaker_cooldown_s": SECONDS,
+        "load_failure_cooldown_s": SECONDS,
+        "max_load_failures": st.integers(min_value=1),
     },
 )
 

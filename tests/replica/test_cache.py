@@ -1,6 +1,7 @@
 """The multiplexed LRU cache: eviction order, single flight, pins, cleanup, failures."""
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
@@ -538,3 +539,21 @@ def test_max_concurrent_loads_must_be_positive_or_none(loads: int) -> None:
     loader: Callable[[str], Awaitable[Model]] = Loader()
     with pytest.raises(ValueError, match="max_concurrent_loads"):
         ModelCache(loader, capacity=3, max_concurrent_loads=loads)
+
+
+async def test_a_failed_load_is_remembered_with_its_message_until_the_model_loads() -> None:
+    now = [100.0]
+    loader = Loader()
+    loader.fail = {"bad"}
+    cache = ModelCache(loader, capacity=2, clock=lambda: now[0])
+    with contextlib.suppress(RuntimeError):
+        await cache.get("bad")
+    [failure] = cache.recent_failures(now[0] + 1.0)
+    assert (failure.model_id, failure.age_s) == ("bad", 1.0)
+    assert failure.message.startswith("RuntimeError: cannot load bad")
+    assert cache.recent_failures(now[0] + 61.0) == []  # too old to report
+    with contextlib.suppress(RuntimeError):
+        await cache.get("bad")
+    loader.fail.clear()
+    await cache.get("bad")
+    assert cache.recent_failures(now[0]) == []  # it loaded since

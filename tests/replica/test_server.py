@@ -56,6 +56,8 @@ class Echo:
     @multiplexed(max_num_models_per_replica=2)
     async def load_model(self, model_id: str) -> Model:
         self.loads.append(model_id)
+        if model_id.startswith("broken"):
+            raise FileNotFoundError(f"no weights for {model_id}")
         return Model(model_id, self.cleaned)
 
     async def _chunks(self, count: int, *, text: bool, fail: bool = False) -> AsyncIterator[Any]:
@@ -718,3 +720,22 @@ async def test_only_a_routers_eviction_hint_is_obeyed(start_replica: StartReplic
     async with await replica.get("d", headers={EVICT_HEADER: "c"}) as resp:
         assert resp.status == 200
     assert [m for m, _ in replica.resident()] == ["b", "d"]  # the router's: obeyed
+
+
+async def test_a_failed_load_is_a_500_that_says_so_and_is_reported(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("broken-1") as resp:
+        assert resp.status == 500
+        assert resp.headers["x-modelplex-load-failed"] == "broken-1"
+        error = (await resp.json())["error"]
+        assert error["code"] == "model_load_failed"
+        assert "FileNotFoundError: no weights for broken-1" in error["message"]
+    async with await replica.get("m1", kind="fail") as resp:  # the deployment's own error
+        assert resp.status == 500
+        assert "x-modelplex-load-failed" not in resp.headers
+    failures = replica.server.snapshot().load_failures
+    assert [(f.model_id, f.message) for f in failures] == [
+        ("broken-1", "FileNotFoundError: no weights for broken-1")
+    ]

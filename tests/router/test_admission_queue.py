@@ -708,3 +708,18 @@ def test_a_queued_readmission_is_decided_on_its_own_not_with_its_models_waiters(
     actions = queue.readmit(3, "a", NOW, avoid=frozenset({"r1"}))
     assert dispatched_to(actions) == [(3, "r2")]  # not held back by request 2's wait
     assert queue.is_queued(2)
+
+
+def test_a_model_that_failed_to_load_goes_elsewhere_then_is_refused_at_once() -> None:
+    view = cluster(snapshot("r1"), snapshot("r2"), snapshot("r3"))
+    view.load_failures.max_failures = 2
+    queue = queue_over(view)
+    view.load_failures.record("bad", "r1", "OSError: weights missing", at=NOW)
+    assert dispatched_to(queue.arrive(1, "bad", NOW))[0][1] != "r1"
+    view.load_failures.record("bad", "r2", "OSError: weights missing", at=NOW + 0.1)
+    actions = queue.arrive(3, "bad", NOW + 0.2)
+    assert [(request, refusal) for request, refusal, _ in actions.refused] == [
+        (3, Refusal.LOAD_FAILED)
+    ]
+    assert "weights missing" in actions.refused[0][2]
+    assert queue.queued == 0  # no queue of doomed requests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from common.wire import ReplicaSnapshot
+from common.wire import LoadFailure, ReplicaSnapshot
 from router.breaker import CircuitBreaker
 from router.view import ChannelClosed, ClusterView, ReplicaStatus, ReportOutcome
 
@@ -94,6 +95,24 @@ def test_a_late_report_of_a_replaced_process_changes_nothing() -> None:
     assert view.apply_report(late, now=2.0) is ReportOutcome.OUT_OF_ORDER
     assert held(view, "r1") == {"b"}
     assert view.replicas["r1"].incarnation == "new"
+
+
+def test_reported_load_failures_are_remembered_until_a_load_or_a_restart_clears_them() -> None:
+    view = ClusterView()
+    failed = LoadFailure(model_id="bad", message="OSError: gone", age_s=2.0)
+    view.apply_report(
+        dataclasses.replace(snapshot("r1", sequence=1), load_failures=(failed,)), now=10.0
+    )
+    assert [(r.model_id, r.replica_id, r.at) for r in view.load_failures.records(10.0)] == [
+        ("bad", "r1", 8.0)  # when it failed, on the router's clock
+    ]
+    view.apply_report(snapshot("r1", ["bad"], sequence=2), now=11.0)  # it loaded after all
+    assert view.load_failures.records(11.0) == []
+    view.apply_report(
+        dataclasses.replace(snapshot("r1", sequence=3), load_failures=(failed,)), now=12.0
+    )
+    view.apply_report(snapshot("r1", incarnation="restarted"), now=13.0)
+    assert view.load_failures.records(13.0) == []
 
 
 def test_a_new_incarnation_forgets_what_the_old_process_held() -> None:
