@@ -58,11 +58,19 @@ class Admission:
         clock: Callable[[], float],
         max_queued: int,
         prefetch: Callable[[Prefetch], None] = lambda _: None,
+        first_reports_within_s: float = 0.0,
     ) -> None:
+        """`first_reports_within_s`: how long after now requests wait for the first replica
+        reports, rather than being refused because no replica is known yet."""
         self.view = view
         self.policy = policy
         self.clock = clock
-        self.queue: AdmissionQueue[_Ticket] = AdmissionQueue(view, policy, max_queued=max_queued)
+        self.queue: AdmissionQueue[_Ticket] = AdmissionQueue(
+            view,
+            policy,
+            max_queued=max_queued,
+            first_reports_by=clock() + first_reports_within_s,
+        )
         self._prefetch = prefetch
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None

@@ -19,7 +19,8 @@ Rules it keeps:
 - a readmitted request never goes back to a replica that failed it (`avoid`), and is decided
   on its own, since what holds for its model may not hold for it;
 - `view.demand` counts every arrival once and every queued request from joining to leaving;
-- no routable replica at all refuses every waiter at once (no queue of doomed requests);
+- no routable replica at all refuses every waiter at once (no queue of doomed requests),
+  except just after the router started, before any replica could report (`first_reports_by`);
 - a model whose load failed lately is not placed again where it failed, and once it failed on
   enough replicas (`router.load_failures`) its requests are refused at once with the loader's
   message, until the failures expire;
@@ -29,6 +30,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -104,12 +106,16 @@ class AdmissionQueue(Generic[R]):
         *,
         max_queued: int,
         choose: Chooser[R] | None = None,
+        first_reports_by: float = -math.inf,
     ) -> None:
         """`choose(request, model_id, now)` replaces `policy.choose` (a simulator baseline
-        that needs the request's history); `policy.plan_copies` is used either way."""
+        that needs the request's history); `policy.plan_copies` is used either way.
+        `first_reports_by`: until then, while no replica has reported at all (the router has
+        just started), requests wait for the first reports instead of being refused."""
         self.view = view
         self.policy = policy
         self.max_queued = max_queued
+        self.first_reports_by = first_reports_by
         self.stats = AdmissionStats()
         self._choose = choose
         self._queue: deque[_Waiter[R]] = deque()
@@ -155,6 +161,9 @@ class AdmissionQueue(Generic[R]):
         decision = self._decide(request, model_id, now, avoid)
         if isinstance(decision, Route):
             actions.dispatched.append((request, self._dispatch(decision, model_id, now)))
+        elif isinstance(decision, Reject) and self._awaiting_first_reports(now):
+            if self._enqueue(request, model_id, now, actions, avoid=avoid):
+                actions.wake_at = self.first_reports_by
         elif isinstance(decision, Reject):
             actions.refused.append((request, _refusal(decision), decision.reason))
         elif self._enqueue(request, model_id, now, actions, avoid=avoid):
@@ -209,6 +218,9 @@ class AdmissionQueue(Generic[R]):
             self.view.demand.wait_ended(waiter.model_id)
 
     # -- inside ----------------------------------------------------------------------------
+
+    def _awaiting_first_reports(self, now: float) -> bool:
+        return now < self.first_reports_by and not self.view.replicas
 
     def _decide(
         self, request: R, model_id: str, now: float, avoid: frozenset[str] = frozenset()
@@ -266,6 +278,9 @@ class AdmissionQueue(Generic[R]):
             return
         view, demand = self.view, self.view.demand
         if not view.routable_ids:
+            if self._awaiting_first_reports(now):
+                actions.wake_at = _earliest(actions.wake_at, self.first_reports_by)
+                return
             self._queue = deque()
             for waiter in queue:
                 if not waiter.gone:
@@ -331,3 +346,7 @@ class AdmissionQueue(Generic[R]):
 
 def _refusal(reject: Reject) -> Refusal:
     return Refusal.LOAD_FAILED if isinstance(reject, _LoadFailed) else Refusal.NO_REPLICA
+
+
+def _earliest(at: float | None, other: float) -> float:
+    return other if at is None else min(at, other)

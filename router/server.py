@@ -142,6 +142,9 @@ class RouterServer:
             clock=self.clock,
             max_queued=config.router.max_queued_requests,
             prefetch=self._start_prefetch,
+            # A restarted router hears from every replica within a heartbeat (or their
+            # reconnect backoff, half a second): until then requests wait, not fail.
+            first_reports_within_s=config.deployment.heartbeat_interval_s + 1.0,
         )
         self.counters: Counter[str] = Counter()
         self.reports = ReportIntake(

@@ -723,3 +723,29 @@ def test_a_model_that_failed_to_load_goes_elsewhere_then_is_refused_at_once() ->
     ]
     assert "weights missing" in actions.refused[0][2]
     assert queue.queued == 0  # no queue of doomed requests
+
+
+def test_just_after_start_requests_wait_for_the_first_reports_instead_of_failing() -> None:
+    view = ClusterView()
+    queue: AdmissionQueue[int] = AdmissionQueue(
+        view, ModelplexPolicy(), max_queued=10, first_reports_by=NOW + 2.0
+    )
+    actions = queue.arrive(1, "a", NOW)
+    assert actions.queued == [1]
+    assert actions.wake_at == NOW + 2.0
+    assert queue.arrive(2, "b", NOW + 0.1).queued == [2]
+    view.apply_report(snapshot("r1", ["a"]), NOW + 0.5)
+    assert sorted(dispatched_to(queue.offer(NOW + 0.5))) == [(1, "r1"), (2, "r1")]
+
+
+def test_after_the_wait_for_first_reports_no_replica_refuses_again() -> None:
+    view = ClusterView()
+    queue: AdmissionQueue[int] = AdmissionQueue(
+        view, ModelplexPolicy(), max_queued=10, first_reports_by=NOW + 2.0
+    )
+    assert queue.arrive(1, "a", NOW).queued == [1]
+    actions = queue.offer(NOW + 2.0)
+    assert [(request, refusal) for request, refusal, _ in actions.refused] == [
+        (1, Refusal.NO_REPLICA)
+    ]
+    assert [r for r, _, _ in queue.arrive(2, "a", NOW + 2.1).refused] == [2]
