@@ -27,6 +27,7 @@ snapshots a second in a large cluster.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,18 +299,26 @@ def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
     )
 
 
-def _load_failures(raw: Any) -> tuple[LoadFailure, ...]:
-    _check_list(raw, "load_failures")
-    if len(raw) > MAX_LOAD_FAILURES:
-        raise WireError(f"field 'load_failures' holds {len(raw)}; the limit is {MAX_LOAD_FAILURES}")
-    failures: list[LoadFailure] = []
+def _per_model(raw: Any, field: str, shape: str) -> Iterator[tuple[int, str, Any, Any]]:
+    """The entries of an array of `[model_id, a, b]`, each model id checked and unique."""
+    _check_list(raw, field)
     seen: set[str] = set()
     for index, item in enumerate(raw):
         if type(item) is not list or len(item) != 3:
-            raise WireError(f"load_failures[{index}] must be an array [model_id, message, age_s]")
-        model_id, message, age_s = item
-        _check_model_id(model_id, "load_failures", index, seen)
+            raise WireError(f"{field}[{index}] must be an array {shape}")
+        model_id, first, second = item
+        _check_model_id(model_id, field, index, seen)
         seen.add(model_id)
+        yield index, model_id, first, second
+
+
+def _load_failures(raw: Any) -> tuple[LoadFailure, ...]:
+    if type(raw) is list and len(raw) > MAX_LOAD_FAILURES:
+        raise WireError(f"field 'load_failures' holds {len(raw)}; the limit is {MAX_LOAD_FAILURES}")
+    failures: list[LoadFailure] = []
+    for index, model_id, message, age_s in _per_model(
+        raw, "load_failures", "[model_id, message, age_s]"
+    ):
         if type(message) is not str or len(message) > MAX_FAILURE_MESSAGE_CHARS:
             raise WireError(
                 f"load_failures[{index}]: message must be a string of at most "
@@ -321,15 +330,8 @@ def _load_failures(raw: Any) -> tuple[LoadFailure, ...]:
 
 
 def _models(raw: Any) -> tuple[ModelEntry, ...]:
-    _check_list(raw, "models")
     entries: list[ModelEntry] = []
-    seen: set[str] = set()
-    for index, item in enumerate(raw):
-        if type(item) is not list or len(item) != 3:
-            raise WireError(f"models[{index}] must be an array [model_id, idle_s, in_use]")
-        model_id, idle_s, in_use = item
-        _check_model_id(model_id, "models", index, seen)
-        seen.add(model_id)
+    for index, model_id, idle_s, in_use in _per_model(raw, "models", "[model_id, idle_s, in_use]"):
         if type(in_use) is not int or in_use < 0:
             raise WireError(f"models[{index}]: in_use must be an integer >= 0, got {in_use!r}")
         if type(idle_s) is not float or not (0.0 <= idle_s < math.inf):

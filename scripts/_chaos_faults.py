@@ -97,18 +97,16 @@ async def _routable_again(ctx: FaultContext, replica_id: str, old_pid: int | Non
     return replica_id in await ctx.launcher.healthy_replicas()
 
 
+def _skipped(kind: str, why: str) -> Fault:
+    """A fault that could not be injected now, logged as such."""
+    now = time.monotonic()
+    return Fault(kind=kind, instant=now, ended=now, wall_time=wall_time(), detail=why, skipped=True)
+
+
 async def kill_replica(ctx: FaultContext) -> Fault:
     picked = await _pick_replica(ctx)
     if picked is None:
-        now = time.monotonic()
-        return Fault(
-            kind="kill_replica",
-            instant=now,
-            ended=now,
-            wall_time=wall_time(),
-            detail="no running replica to kill",
-            skipped=True,
-        )
+        return _skipped("kill_replica", "no running replica to kill")
     replica_id, pid = picked
     stamp, instant = wall_time(), time.monotonic()
     with contextlib.suppress(ProcessLookupError):
@@ -135,15 +133,7 @@ async def kill_replica(ctx: FaultContext) -> Fault:
 async def stop_replica(ctx: FaultContext) -> Fault:
     picked = await _pick_replica(ctx)
     if picked is None:
-        now = time.monotonic()
-        return Fault(
-            kind="stop_replica",
-            instant=now,
-            ended=now,
-            wall_time=wall_time(),
-            detail="no running replica to stop",
-            skipped=True,
-        )
+        return _skipped("stop_replica", "no running replica to stop")
     replica_id, pid = picked
     stamp, instant = wall_time(), time.monotonic()
     try:
@@ -175,15 +165,7 @@ async def restart_router(ctx: FaultContext) -> Fault:
     pid = await ctx.launcher.router_pid()
     healthy = await ctx.launcher.healthy_replicas()
     if pid is None:
-        now = time.monotonic()
-        return Fault(
-            kind="restart_router",
-            instant=now,
-            ended=now,
-            wall_time=wall_time(),
-            detail="the launcher reported no router pid",
-            skipped=True,
-        )
+        return _skipped("restart_router", "the launcher reported no router pid")
     stamp, instant = wall_time(), time.monotonic()
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -239,15 +221,7 @@ async def fail_load(ctx: FaultContext) -> Fault:
 async def scale(ctx: FaultContext) -> Fault:
     n = ctx.num_replicas
     if n < 2:
-        now = time.monotonic()
-        return Fault(
-            kind="scale",
-            instant=now,
-            ended=now,
-            wall_time=wall_time(),
-            detail="one replica: nothing to scale down",
-            skipped=True,
-        )
+        return _skipped("scale", "one replica: nothing to scale down")
     stamp, instant = wall_time(), time.monotonic()
     steps = []
     for count in (n - 1, n):
