@@ -1,26 +1,20 @@
-"""The router's HTTP glue: the public port, forwarding, and the routes it serves.
+"""The router's HTTP glue: the public port and the routes it serves.
 
 Decisions live elsewhere — where to send a request in `router.policy`, what the cluster looks
 like in `router.view`, queueing in `router._admission`, a replica's failures in its circuit
-breaker (`router.breaker`); the replicas' reports come in through `router._channel`. This
-module only translates HTTP into
-calls on them and back: read the model id, admit, forward with a pooled keep-alive connection
-(bodies streamed), retry where nothing can have happened twice, and answer errors as JSON.
+breaker (`router.breaker`) and `router.load_failures`. The replicas' reports come in through
+`router._channel`, and one attempt at a replica is `router._forward`'s. This module translates
+HTTP into calls on them and back: read the model id, admit, forward, try another replica while
+a failure allows it within the retry budget, and answer errors as JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import json
 import logging
 import math
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -30,17 +24,18 @@ from common.addresses import is_loopback
 from common.auth import authorization_value, data_path_token, is_authorized
 from common.config import ClusterConfig
 from common.errors import error_response
-from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER, LOAD_FAILED_HEADER
+from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
 from common.wire import (
     CHANNEL_PATH,
     REPORT_PATH,
 )
-from router._admission import Admission, Admitted, LoadFailed, NoReplica, QueueFull, QueueTimeout
+from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
 from router._channel import ReportIntake
-from router._http import request_head, request_headers, response_headers
+from router._forward import Forwarder, Retry, error_message
+from router._http import request_headers
 from router._status import metrics_text, status_document
-from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, UpstreamResponse
+from router._upstream import UpstreamPool
 from router.breaker import CircuitBreaker, RetryBudget
 from router.load_failures import LoadFailures
 from router.policy import ModelplexPolicy, Prefetch
@@ -54,60 +49,6 @@ _MAX_ATTEMPTS = 4
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
 _MAX_BREAKER_COOLDOWN_S = 30.0
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
-
-
-@functools.cache
-def _address(url: str) -> tuple[str, int]:
-    """(host, port) of a replica's http:// URL."""
-    parsed = urllib.parse.urlsplit(url)
-    return parsed.hostname or "127.0.0.1", parsed.port or 80
-
-
-@dataclass(eq=False, slots=True)
-class _Watch:
-    """A request's wait on one replica: its timeout, and whether the replica went quiet."""
-
-    timeout: asyncio.Timeout
-    lost: bool = False
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
-    wanted = name.encode()
-    for key, value in headers:
-        if key.lower() == wanted:
-            return value.decode("latin-1")
-    return None
-
-
-def _error_message(body: bytes, field: str = "message") -> str | None:
-    """The `error.<field>` of a JSON error answer, if it is one."""
-    try:
-        message = json.loads(body)["error"][field]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return message if isinstance(message, str) else None
-
-
-class _ClientGone(Exception):
-    """Writing the answer to the client failed: it closed or reset its connection."""
-
-
-class _BodyTooLarge(Exception):
-    """A streamed request body went over `router.max_request_body_bytes`."""
-
-
-async def _counted(body: StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """`body`'s chunks as they arrive; _BodyTooLarge once more than `limit` bytes came."""
-    seen = 0
-    async for chunk in body.iter_any():
-        seen += len(chunk)
-        if seen > limit:
-            raise _BodyTooLarge
-        yield chunk
-
-
-class _Retry(Exception):
-    """Forwarding failed in a way that is safe to try on another replica."""
 
 
 class RouterServer:
@@ -147,22 +88,27 @@ class RouterServer:
             first_reports_within_s=config.deployment.heartbeat_interval_s + 1.0,
         )
         self.counters: Counter[str] = Counter()
+        self._upstream = UpstreamPool()
+        self.forwarder = Forwarder(
+            self.view,
+            config.router,
+            upstream=self._upstream,
+            clock=self.clock,
+            counters=self.counters,
+        )
         self.reports = ReportIntake(
             self.view,
             self.admission,
             secret=secret,
             clock=self.clock,
             counters=self.counters,
-            on_down=self._abandon,
+            on_down=self.forwarder.abandon,
         )
         self.started_at = time.time()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
-        self._upstream = UpstreamPool()
-        # The requests waiting on each replica, so a quiet one ends them (`_abandon`).
-        self._watches: dict[str, set[_Watch]] = {}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.router.max_request_body_bytes)
@@ -206,7 +152,7 @@ class RouterServer:
             now = self.clock()
             for replica_id in self.view.expire(now, deployment.heartbeat_timeout_s):
                 logger.warning("replica %s sent no report in time; not routing to it", replica_id)
-                self._abandon(replica_id)
+                self.forwarder.abandon(replica_id)
             for replica_id in self.view.cool_down(now):
                 logger.info(
                     "replica %s: circuit half-open, probing it with one request", replica_id
@@ -228,7 +174,7 @@ class RouterServer:
         deadline = loop.time() + self.config.router.request_timeout_s
         limit = self.config.router.max_request_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            return self._too_large()
+            return self.forwarder.too_large()
         body, replayable = await self._body(request)
         headers = request_headers(request)
         self.retry_budget.requested(self.clock())
@@ -308,26 +254,22 @@ class RouterServer:
         served_s: float | None = None
         ok = False
         try:
-            response = await self._forward(request, admitted, headers, body, replayable, deadline)
+            response = await self.forwarder.forward(
+                request, admitted, headers, body, replayable, deadline
+            )
             ok = response.status < 400
             if ok and COLD_HEADER not in response.headers:  # no load inside: inference
                 served_s = loop.time() - started
             return response
-        except _Retry:
+        except Retry:
             self.counters["retries"] += 1
             logger.info("retrying a request after replica %s failed", admitted.replica_id)
             return admitted.replica_id
         except TimeoutError:
-            self._failed_on(admitted.replica_id)
+            self.forwarder.failed_on(admitted.replica_id)
             return self._timed_out()
         finally:
             self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
-
-    def _failed_on(self, replica_id: str) -> None:
-        """A request to the replica failed (refused, broken, timed out): tell its breaker."""
-        if self.view.request_failed(replica_id, self.clock()):
-            self.counters["circuit_opened"] += 1
-            logger.warning("replica %s: circuit open after failed requests", replica_id)
 
     def _start_prefetch(self, prefetch: Prefetch) -> None:
         task = asyncio.create_task(self._prefetch(prefetch))
@@ -349,7 +291,7 @@ class RouterServer:
             async with self._session.post(replica.url + "/-/load", headers=headers) as answer:
                 if answer.status != 200:
                     body = await answer.read()
-                    message = _error_message(body) or body.decode(errors="replace")
+                    message = error_message(body) or body.decode(errors="replace")
                     logger.warning(
                         "replica %s could not prefetch %r: %s",
                         replica.replica_id,
@@ -362,15 +304,6 @@ class RouterServer:
                         )
         except aiohttp.ClientError as exc:
             logger.warning("prefetch on replica %s failed: %s", replica.replica_id, exc)
-
-    def _too_large(self) -> web.Response:
-        self.counters["body_too_large"] += 1
-        limit = self.config.router.max_request_body_bytes
-        response = error_response(
-            413, "body_too_large", f"the request body is over max_request_body_bytes={limit}"
-        )
-        response.force_close()  # the rest of the body is not read
-        return response
 
     def _timed_out(self) -> web.Response:
         self.counters["timeouts"] += 1
@@ -385,182 +318,6 @@ class RouterServer:
         if length is not None and length <= self.config.router.max_replay_body_bytes:
             return await request.read(), True
         return request.content, False
-
-    async def _forward(
-        self,
-        request: web.Request,
-        admitted: Admitted,
-        headers: CIMultiDict[str],
-        body: bytes | StreamReader | None,
-        replayable: bool,
-        deadline: float,
-    ) -> web.StreamResponse:
-        # Once sent, the replica may have acted on it: again only if that is harmless.
-        retry_ok = replayable and (
-            request.method in _IDEMPOTENT or self.config.router.retry_on_replica_failure
-        )
-        host, port = _address(admitted.url)
-        upstream_body = (
-            _counted(body, self.config.router.max_request_body_bytes)
-            if isinstance(body, StreamReader)
-            else body
-        )
-        head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")
-        timeout = asyncio.timeout_at(deadline)
-        try:
-            with self._watch(admitted.replica_id, timeout) as watch:
-                async with timeout:
-                    upstream = await self._upstream.request(host, port, head, upstream_body)
-        except _BodyTooLarge:
-            return self._too_large()
-        except ConnectFailed as exc:
-            # Nothing reached the replica: always safe to send elsewhere.
-            logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
-            self._failed_on(admitted.replica_id)
-            self.view.mark_down(admitted.replica_id)
-            raise _Retry from exc
-        except TimeoutError as exc:  # before OSError, which it is
-            if watch.lost:
-                return self._replica_failed(admitted, exc, retry_ok, unresponsive=True)
-            raise
-        except (UpstreamBroken, OSError) as exc:
-            return self._replica_failed(admitted, exc, retry_ok)
-        self.view.request_answered(admitted.replica_id)
-        try:
-            failed_model = _header(upstream.headers, LOAD_FAILED_HEADER)
-            if failed_model is not None:
-                return await self._load_failed(upstream, admitted, failed_model, retry_ok)
-            return await self._answer(request, upstream, admitted, retry_ok, deadline)
-        finally:
-            upstream.release()
-
-    async def _load_failed(
-        self, upstream: UpstreamResponse, admitted: Admitted, model_id: str, retry_ok: bool
-    ) -> web.StreamResponse:
-        """The replica could not load the model: remember it, and try another replica if that
-        is harmless (the view keeps the model off this one for a while), else pass it on."""
-        try:
-            data = await upstream.read()
-        except (UpstreamBroken, OSError) as exc:
-            return self._replica_failed(admitted, exc, retry_ok)
-        message = _error_message(data, "loader_error") or "the loader failed"
-        self.counters["load_failures"] += 1
-        self.view.load_failures.record(model_id, admitted.replica_id, message, self.clock())
-        logger.warning("model %r failed to load on %s: %s", model_id, admitted.replica_id, message)
-        if retry_ok:
-            raise _Retry
-        headers = response_headers(upstream.headers, admitted.replica_id)
-        return web.Response(status=upstream.status, body=data, headers=headers)
-
-    @contextlib.contextmanager
-    def _watch(self, replica_id: str, timeout: asyncio.Timeout) -> Iterator[_Watch]:
-        """While the block runs, `timeout` ends at once if the replica goes quiet (no report
-        in time): its requests must not hang until their deadline."""
-        watch = _Watch(timeout)
-        watches = self._watches.setdefault(replica_id, set())
-        watches.add(watch)
-        try:
-            yield watch
-        finally:
-            watches.discard(watch)
-            if not watches and self._watches.get(replica_id) is watches:
-                del self._watches[replica_id]
-
-    def _abandon(self, replica_id: str) -> None:
-        """The replica went quiet: end every request waiting on it now."""
-        now = asyncio.get_running_loop().time()
-        for watch in self._watches.pop(replica_id, set()):
-            watch.lost = True
-            if not watch.timeout.expired():
-                with contextlib.suppress(RuntimeError):  # its block just ended
-                    watch.timeout.reschedule(now)
-
-    async def _answer(
-        self,
-        request: web.Request,
-        upstream: UpstreamResponse,
-        admitted: Admitted,
-        retry_ok: bool,
-        deadline: float,
-    ) -> web.StreamResponse:
-        headers = response_headers(upstream.headers, admitted.replica_id)
-        length = upstream.content_length
-        small = length is not None and length <= _SMALL_BODY
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        if length is not None:
-            response.content_length = length
-        first = True
-        timeout = asyncio.timeout_at(deadline)
-        try:
-            with self._watch(admitted.replica_id, timeout) as watch:
-                async with timeout:
-                    if small:
-                        data = await upstream.read()
-                        return web.Response(status=upstream.status, body=data, headers=headers)
-                    async for chunk in upstream.iter_chunks():
-                        try:
-                            if first:
-                                await response.prepare(request)
-                                first = False
-                            await response.write(chunk)
-                        except OSError as exc:
-                            raise _ClientGone from exc
-        except _ClientGone:
-            # The client went away mid-answer: not the replica's fault; the upstream connection
-            # is closed unread (released before its end), and nothing more can be sent.
-            self.counters["client_disconnects"] += 1
-            return response
-        except TimeoutError as exc:  # before OSError, which it is
-            if first:
-                if watch.lost:
-                    return self._replica_failed(admitted, exc, retry_ok, unresponsive=True)
-                raise
-            return self._broken_stream(request, response, admitted, exc)
-        except (UpstreamBroken, OSError) as exc:
-            if first:
-                return self._replica_failed(admitted, exc, retry_ok)
-            return self._broken_stream(request, response, admitted, exc)
-        if first:
-            await response.prepare(request)
-        await response.write_eof()
-        return response
-
-    def _broken_stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        admitted: Admitted,
-        exc: BaseException,
-    ) -> web.StreamResponse:
-        """Part of the answer is out: the client must see a broken response, not a short one."""
-        self.counters["broken_streams"] += 1
-        logger.warning("replica %s failed mid-answer: %r", admitted.replica_id, exc)
-        self._failed_on(admitted.replica_id)
-        response.force_close()
-        if request.transport is not None:
-            request.transport.close()
-        return response
-
-    def _replica_failed(
-        self, admitted: Admitted, exc: Exception, retry_ok: bool, *, unresponsive: bool = False
-    ) -> web.Response:
-        """Nothing of the answer reached the client: retry elsewhere if that is harmless,
-        else answer 502 (it failed) or 504 (it stopped answering)."""
-        logger.warning("replica %s failed mid-request: %r", admitted.replica_id, exc)
-        self._failed_on(admitted.replica_id)
-        if retry_ok:
-            raise _Retry from exc
-        if unresponsive:
-            self.counters["replica_unresponsive"] += 1
-            return error_response(
-                504,
-                "replica_unresponsive",
-                f"replica {admitted.replica_id} stopped answering during the request",
-            )
-        self.counters["replica_failed"] += 1
-        return error_response(
-            502, "replica_failed", f"replica {admitted.replica_id} failed during the request"
-        )
 
     # -- introspection ---------------------------------------------------------------------
 
