@@ -30,6 +30,7 @@ from common.config import ClusterConfig
 from common.errors import error_response
 from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
+from common.tls import Side, client_auth, client_context
 from common.wire import (
     CHANNEL_PATH,
     REPORT_PATH,
@@ -128,13 +129,15 @@ class RouterServer:
             clock=self.clock,
             counters=self.counters,
             on_down=self._abandon,
+            client_certificates=client_auth(config.tls),
         )
         self.started_at = time.time()
         self.url = ""
         self._session: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
-        self._upstream = UpstreamPool()
+        self._replica_tls = client_context(config.tls, Side.REPLICA)  # None: plain HTTP
+        self._upstream = UpstreamPool(ssl_context=self._replica_tls)
         # The requests waiting on each replica, so a quiet one ends them (`_abandon`).
         self._watches: dict[str, set[_Watch]] = {}
 
@@ -152,7 +155,9 @@ class RouterServer:
         return app
 
     async def _start(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=30, ttl_dns_cache=300, ssl=self._replica_tls or True
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
