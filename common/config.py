@@ -11,6 +11,9 @@ Invariants:
   widening is int -> float where seconds are expected.
 - `parse_config(dump_config(c)) == c` for every valid `c`.
 - Every rejection is a `ConfigError` whose `.key` is the dotted path of the offending key.
+- The files named in the `tls` section were readable, and each certificate matched its key,
+  when the config was parsed (`common.tls` loads them); relative paths are taken from the config
+  file's directory (`load_config`) and stored resolved.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from typing import Any
 
 import yaml
 
+from common import tls as _tls
+
 __all__ = [
     "ClusterConfig",
     "ConfigError",
     "DeploymentConfig",
+    "InternalTlsConfig",
+    "PublicTlsConfig",
     "RouterConfig",
+    "TlsConfig",
     "dump_config",
     "load_config",
     "parse_config",
@@ -105,11 +113,43 @@ class DeploymentConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PublicTlsConfig:
+    """HTTPS on the router's listener: for clients, and for the replicas' state channels."""
+
+    cert_file: str  # PEM: the router's certificate, then any intermediate ones
+    key_file: str  # PEM: its private key, unencrypted
+    # The CA certificates that replicas and modelplex's tools verify the router with; None:
+    # the system's trust store (a certificate from a public CA).
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InternalTlsConfig:
+    """TLS between router and replicas: the replicas' listeners and the router's connections."""
+
+    cert_file: str  # PEM: what replicas serve; names every replica's host or IP address
+    key_file: str  # PEM: its private key, unencrypted
+    ca_file: str  # the private CA: the router verifies replicas with it (and client certs)
+    # Mutual TLS: the router and the replicas present cert_file as their client certificate,
+    # and a replica, or the router's state channel, refuses a peer without one from ca_file.
+    client_auth: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """Which hops speak TLS; a section left out (None) is plain HTTP."""
+
+    public: PublicTlsConfig | None = None
+    internal: InternalTlsConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     """A whole config file; `source` names where it came from, for messages."""
 
     router: RouterConfig = field(default_factory=RouterConfig)
     deployment: DeploymentConfig
+    tls: TlsConfig = field(default_factory=TlsConfig)
     source: str = "<default>"
 
 
@@ -228,6 +268,28 @@ _SECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Rule]]] = {
     "deployment": (DeploymentConfig, _DEPLOYMENT_RULES),
 }
 
+_PEM_FILE = _Rule(_string, lambda v: v != "", "the path of a PEM file")
+_PUBLIC_TLS_RULES: Mapping[str, _Rule] = {
+    "cert_file": _PEM_FILE,
+    "key_file": _PEM_FILE,
+    "ca_file": _Rule(
+        lambda v: None if v is None else _string(v),
+        lambda v: v != "",
+        "null (the system's trust store) or the path of a PEM file",
+    ),
+}
+_INTERNAL_TLS_RULES: Mapping[str, _Rule] = {
+    "cert_file": _PEM_FILE,
+    "key_file": _PEM_FILE,
+    "ca_file": _PEM_FILE,
+    "client_auth": _Rule(_boolean, lambda v: True, "true or false"),
+}
+# The `tls` section holds subsections, each null or a mapping: name -> (class, rules).
+_TLS_SUBSECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Rule]]] = {
+    "public": (PublicTlsConfig, _PUBLIC_TLS_RULES),
+    "internal": (InternalTlsConfig, _INTERNAL_TLS_RULES),
+}
+
 
 def _is_required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -276,15 +338,52 @@ def _parse_section(path: str, given: object, cls: type[Any], rules: Mapping[str,
     return cls(**values)
 
 
-def parse_config(data: object, *, source: str = "<config>") -> ClusterConfig:
-    """Validate already-loaded YAML (or JSON) data; raise `ConfigError` on the first problem."""
+def _parse_tls(given: object, base_dir: str | None) -> TlsConfig:
+    """The `tls` section, its files' paths joined to `base_dir`, every file loaded once."""
+    if not isinstance(given, Mapping):
+        raise ConfigError("tls", f"must be a mapping, got {reprlib.repr(given)}")
+    _reject_unknown_keys("tls", given, list(_TLS_SUBSECTIONS))
+    parts: dict[str, Any] = {}
+    for name, (cls, rules) in _TLS_SUBSECTIONS.items():
+        if given.get(name) is None:
+            continue
+        section = _parse_section(f"tls.{name}", given[name], cls, rules)
+        if base_dir is not None:
+            paths = {
+                key: os.path.join(base_dir, value)
+                for key, value in dataclasses.asdict(section).items()
+                if key.endswith("_file") and isinstance(value, str)
+            }
+            section = dataclasses.replace(section, **paths)
+        parts[name] = section
+    config = TlsConfig(**parts)
+    if config.internal is not None and config.internal.client_auth and config.public is None:
+        raise ConfigError(
+            "tls.internal.client_auth",
+            "needs a tls.public section: replicas send their client certificates on the state "
+            "channel, which reaches the router's listener",
+        )
+    try:
+        _tls.check_files(config)
+    except _tls.TlsFileError as err:
+        raise ConfigError(err.key, err.problem) from None
+    return config
+
+
+def parse_config(
+    data: object, *, source: str = "<config>", base_dir: str | None = None
+) -> ClusterConfig:
+    """Validate already-loaded YAML (or JSON) data; raise `ConfigError` on the first problem.
+
+    Relative paths in the `tls` section are taken from `base_dir` (None: the working
+    directory, kept relative)."""
     if data is None:
         raise ConfigError("", f"{source}: the config is empty; it needs a 'deployment' section")
     if not isinstance(data, Mapping):
         got = type(data).__name__
         raise ConfigError("", f"{source}: the top level must be a mapping of sections, got {got}")
     section_fields = [f for f in dataclasses.fields(ClusterConfig) if f.name in _SECTIONS]
-    _reject_unknown_keys("", data, [f.name for f in section_fields])
+    _reject_unknown_keys("", data, [*(f.name for f in section_fields), "tls"])
     sections: dict[str, Any] = {}
     for f in section_fields:
         if f.name in data:
@@ -298,6 +397,8 @@ def parse_config(data: object, *, source: str = "<config>") -> ClusterConfig:
             f"must be greater than heartbeat_interval_s ({deployment.heartbeat_interval_s}), "
             f"got {deployment.heartbeat_timeout_s}",
         )
+    if data.get("tls") is not None:
+        sections["tls"] = _parse_tls(data["tls"], base_dir)
     return ClusterConfig(**sections, source=source)
 
 
@@ -341,9 +442,13 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         raise ConfigError("", f"{name}: invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as err:
         raise ConfigError("", f"{name}: invalid YAML: {err}") from None
-    return parse_config(data, source=name)
+    return parse_config(data, source=name, base_dir=os.path.dirname(os.path.abspath(name)))
 
 
 def dump_config(config: ClusterConfig) -> dict[str, Any]:
-    """The config as plain data that `parse_config` accepts back; `source` is not included."""
-    return {name: dataclasses.asdict(getattr(config, name)) for name in _SECTIONS}
+    """The config as plain data that `parse_config` accepts back; `source` is not included,
+    nor a `tls` section that is all plain HTTP."""
+    data = {name: dataclasses.asdict(getattr(config, name)) for name in _SECTIONS}
+    if config.tls != TlsConfig():
+        data["tls"] = dataclasses.asdict(config.tls)
+    return data

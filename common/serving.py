@@ -7,7 +7,8 @@ The router, the replica and the launcher's control port all listen the same way:
 Every connection is held to `HttpLimits`, so a slow or hostile client cannot hold it forever or
 make the process parse without end, while other clients are served as usual:
 - a request's head (request line and headers) must arrive within `header_timeout_s` of its first
-  byte, or the connection gets 408 and is closed (aiohttp has no such deadline of its own);
+  byte, or the connection gets 408 and is closed (aiohttp has no such deadline of its own); a
+  TLS handshake must end within it too;
 - an idle keep-alive connection is closed after `keepalive_timeout_s`;
 - more than `max_headers` headers, or one over `max_header_bytes`, is 431; a request line over
   `max_line_bytes` is 414; any other malformed head is 400 — each a JSON error, and the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,9 +130,11 @@ async def listening(
     backlog: int = 128,
     shutdown_timeout_s: float = 60.0,
     limits: HttpLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[int]:
     """Serve `app` on `host:port` for the block, each connection held to `limits` (the
-    defaults if None); yields the bound port.
+    defaults if None), over TLS with `ssl_context` (`common.tls.server_context`) if given;
+    yields the bound port.
 
     CannotListen if the address cannot be bound; an OSError raised inside the block passes as is.
     """
@@ -149,6 +153,9 @@ async def listening(
             port,
             backlog=backlog,
             reuse_address=True,
+            ssl=ssl_context,
+            # the handshake gets the deadline of a request's head
+            ssl_handshake_timeout=limits.header_timeout_s if ssl_context else None,
         )
     except OSError as error:
         await runner.cleanup()

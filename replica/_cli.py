@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 
 from common.addresses import connect_host, is_loopback
 from common.auth import load_secret
-from common.config import ConfigError, DeploymentConfig, load_config
+from common.config import ConfigError, DeploymentConfig, TlsConfig, load_config
 from common.loop import event_loop_runner
 from common.serving import CannotListen, listening, until_signal
+from common.tls import Side, client_context, scheme, server_context
 from replica._deployment import DeploymentError, build_deployment, import_deployment
 from replica._runtime import runtime
 from replica.server import ReplicaServer
@@ -54,18 +56,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _check_url(url: str, what: str) -> str:
+def _check_url(url: str, what: str, *, tls_key: str | None = None) -> str:
+    """`url` without a trailing slash; `tls_key`: the config section that makes it https."""
     if not url.startswith(("http://", "https://")) or " " in url:
         raise _UsageError(f"{what} must be an http:// or https:// URL, got {url!r}")
+    if tls_key is not None and not url.startswith("https://"):
+        raise _UsageError(f"{what} must be an https:// URL (the config has {tls_key}), got {url!r}")
     return url.rstrip("/")
 
 
-def _routers(args: argparse.Namespace, host: str, port: int) -> list[str]:
+def _routers(args: argparse.Namespace, host: str, port: int, tls: TlsConfig) -> list[str]:
     if args.router:
-        return [_check_url(url, "--router") for url in args.router]
+        needs_https = "tls.public" if tls.public is not None else None
+        return [_check_url(url, "--router", tls_key=needs_https) for url in args.router]
     if port == 0:
         raise _UsageError("the config's router.port is 0 (any port), so pass --router URL")
-    return [f"http://{connect_host(host)}:{port}"]
+    return [f"{scheme(tls, Side.ROUTER)}://{connect_host(host)}:{port}"]
 
 
 def run_replica(argv: Sequence[str] | None = None) -> int:
@@ -82,10 +88,15 @@ def run_replica(argv: Sequence[str] | None = None) -> int:
                 "no cluster secret: set MODELPLEX_SECRET (or MODELPLEX_SECRET_FILE) "
                 "or pass --secret-file"
             )
-        routers = _routers(args, config.router.host, config.router.port)
+        routers = _routers(args, config.router.host, config.router.port, config.tls)
+        needs_https = "tls.internal" if config.tls.internal is not None else None
         advertise_url = (
-            _check_url(args.advertise_url, "--advertise-url") if args.advertise_url else None
+            _check_url(args.advertise_url, "--advertise-url", tls_key=needs_https)
+            if args.advertise_url
+            else None
         )
+        listener_tls = server_context(config.tls, Side.REPLICA)
+        router_tls = client_context(config.tls, Side.ROUTER)
         if not 0 <= args.port <= 65535:
             raise _UsageError(f"--port must be from 0 to 65535, got {args.port}")
         deployment_config = config.deployment
@@ -108,6 +119,8 @@ def run_replica(argv: Sequence[str] | None = None) -> int:
             host=args.host or deployment_config.host,
             port=args.port,
             advertise_url=advertise_url,
+            listener_tls=listener_tls,
+            router_tls=router_tls,
         )
 
     with event_loop_runner() as runner:
@@ -124,6 +137,8 @@ async def _serve(
     host: str,
     port: int,
     advertise_url: str | None,
+    listener_tls: ssl.SSLContext | None,
+    router_tls: ssl.SSLContext | None,
 ) -> int:
     try:
         deployment = build_deployment(target, config.init_kwargs)
@@ -143,10 +158,13 @@ async def _serve(
         graceful_shutdown_timeout_s=config.graceful_shutdown_timeout_s,
         routers_only=not is_loopback(host),
     )
+    server.reporter.ssl_context = router_tls
+    listener = listening(server.app, host, port, shutdown_timeout_s=1.0, ssl_context=listener_tls)
     try:
-        async with listening(server.app, host, port, shutdown_timeout_s=1.0) as bound:
+        async with listener as bound:
+            own_scheme = "http" if listener_tls is None else "https"
             return await _report_and_wait(
-                server, advertise_url or f"http://{connect_host(host)}:{bound}"
+                server, advertise_url or f"{own_scheme}://{connect_host(host)}:{bound}"
             )
     except CannotListen as error:
         print(f"{_PROG}: cannot listen on {host}:{port}: {error}", file=sys.stderr, flush=True)

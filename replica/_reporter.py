@@ -8,6 +8,8 @@ It owns the connections and their timing, not the content (`build_snapshot` is g
 - on `close()`, a final snapshot on every connected channel, then the channels close.
 A router that is down, restarting or refusing us never fails the replica: the channel retries
 with capped exponential backoff, forever, and logs once per streak of failures.
+A channel to an https:// router is a wss:// WebSocket with `ssl_context`
+(`common.tls.client_context`, which trusts the router's CA and may carry a client certificate).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 
 import aiohttp
@@ -47,8 +50,12 @@ class Reporter:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 0.5,  # a restarted router hears from every replica this soon
         connect_timeout_s: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context`: for https:// routers (None: the system's trust store); it may be set
+        until `start()`."""
         self._secret = secret
+        self.ssl_context = ssl_context
         self._build_snapshot = build_snapshot
         self.heartbeat_interval_s = heartbeat_interval_s
         self.backoff_initial_s = backoff_initial_s
@@ -162,6 +169,7 @@ class _Channel:
                     heartbeat=max(5.0, 5 * reporter.heartbeat_interval_s),
                     timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
                     max_msg_size=MAX_FRAME_BYTES,
+                    ssl=reporter.ssl_context or True,
                 ) as ws:
                     if failing:
                         logger.info("state channel to router %s is up again", self.router)

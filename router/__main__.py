@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ from common.auth import load_secret
 from common.config import ConfigError, load_config
 from common.loop import event_loop_runner
 from common.serving import CannotListen, HttpLimits, listening, until_signal
+from common.tls import Side, scheme, server_context
 from router.server import RouterServer
 
 __all__ = ["main"]
@@ -27,13 +29,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(server: RouterServer, host: str, port: int) -> None:
+async def _serve(server: RouterServer, host: str, port: int, tls: ssl.SSLContext | None) -> None:
     router = server.config.router
     limits = HttpLimits(
         header_timeout_s=router.header_timeout_s, keepalive_timeout_s=router.keepalive_timeout_s
     )
-    async with listening(server.app(), host, port, backlog=2048, limits=limits) as bound:
-        server.url = f"http://{host}:{bound}"
+    listener = listening(server.app(), host, port, backlog=2048, limits=limits, ssl_context=tls)
+    async with listener as bound:
+        server.url = f"{scheme(server.config.tls, Side.ROUTER)}://{host}:{bound}"
         await until_signal(
             armed=lambda: print(f"modelplex router listening on {server.url}", flush=True)
         )
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         secret = load_secret(secret_file=args.secret_file)
+        tls = server_context(config.tls, Side.ROUTER)
     except (ConfigError, ValueError) as exc:
         print(f"modelplex router: {exc}", file=sys.stderr)
         return 2
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = RouterServer(config, secret, public=not is_loopback(host))
     try:
         with event_loop_runner() as runner:
-            runner.run(_serve(server, host, port))
+            runner.run(_serve(server, host, port, tls))
     except CannotListen as exc:
         print(f"modelplex router: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

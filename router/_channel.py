@@ -18,6 +18,7 @@ from aiohttp import web
 
 from common.auth import is_authorized
 from common.errors import error_response
+from common.tls import has_client_certificate
 from common.wire import MAX_FRAME_BYTES, WireError, decode_snapshot, encode_error
 from router._admission import Admission
 from router.view import ChannelClosed, ClusterView, ReportOutcome
@@ -39,15 +40,19 @@ class ReportIntake:
         clock: Callable[[], float],
         counters: Counter[str],
         on_down: Callable[[str], None] = lambda _: None,
+        client_certificates: bool = False,
     ) -> None:
         """`on_down(replica_id)`: a replica's channel closed while it was serving (not
-        draining): the requests waiting on it should not wait for their deadline."""
+        draining): the requests waiting on it should not wait for their deadline.
+        `client_certificates`: a report needs a client certificate that TLS verified
+        (`tls.internal.client_auth`)."""
         self.view = view
         self._on_down = on_down
         self.admission = admission
         self.secret = secret
         self.clock = clock
         self.counters = counters
+        self.client_certificates = client_certificates
         self._open: set[web.WebSocketResponse] = set()
         # Open channels per (replica id, incarnation): a replica that reconnects may have a new
         # channel up before the router notices its old one is dead.
@@ -71,13 +76,21 @@ class ReportIntake:
         self.admission.offer()
         return snapshot.replica_id, snapshot.incarnation, outcome
 
-    def _unauthorized(self) -> web.Response:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The refusal for a reporter without the secret or a required certificate; None: ok."""
+        if self.client_certificates and not has_client_certificate(request.transport):
+            self.counters["unauthorized_reports"] += 1
+            message = "a client certificate from the cluster's CA is required"
+            return error_response(403, "certificate_required", message)
+        if self._authorized(request):
+            return None
         self.counters["unauthorized_reports"] += 1
         return error_response(401, "unauthorized", "a valid cluster secret is required")
 
     async def channel(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return self._unauthorized()
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
         await ws.prepare(request)
         self._open.add(ws)
@@ -126,8 +139,9 @@ class ReportIntake:
         await ws.send_bytes(encode_error("bad_report", message))
 
     async def report(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return self._unauthorized()
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         if request.content_length is not None and request.content_length > MAX_FRAME_BYTES:
             self.counters["bad_reports"] += 1
             return error_response(413, "bad_report", f"the limit is {MAX_FRAME_BYTES} bytes")

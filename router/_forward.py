@@ -47,7 +47,7 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  #
 def _address(url: str) -> tuple[str, int]:
     """(host, port) of a replica's http:// URL."""
     parsed = urllib.parse.urlsplit(url)
-    return parsed.hostname or "127.0.0.1", parsed.port or 80
+    return parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
 @dataclass(eq=False, slots=True)

@@ -14,14 +14,17 @@ Rules it keeps:
 - it goes back to the pool only after its answer was read to the end (COMPLETE) with keep-alive
   allowed; anything else (an error, a cancelled request, a HEAD answer, `Connection: close`, a
   request body cut short) closes it;
-- `ConnectFailed` means nothing reached the replica (safe to send elsewhere); `UpstreamBroken`
-  means the connection failed once the request was on its way.
+- `ConnectFailed` means nothing reached the replica (safe to send elsewhere), a failed TLS
+  handshake included; `UpstreamBroken` means the connection failed once the request was on its
+  way;
+- with an `ssl_context`, every connection is TLS, its certificate checked for the replica's host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import cast
@@ -285,8 +288,12 @@ class _Connection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per replica address."""
 
-    def __init__(self, *, max_idle_per_replica: int = 256) -> None:
+    def __init__(
+        self, *, max_idle_per_replica: int = 256, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`ssl_context`: connect with TLS (`common.tls.client_context`); None: plain TCP."""
         self.max_idle_per_replica = max_idle_per_replica
+        self._ssl = ssl_context
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._closed = False
 
@@ -307,7 +314,13 @@ class UpstreamPool:
                 return connection
         loop = asyncio.get_running_loop()
         try:
-            _, protocol = await loop.create_connection(lambda: _Connection(self, key), host, port)
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, key),
+                host,
+                port,
+                ssl=self._ssl,
+                server_hostname=None if self._ssl is None else host,
+            )
         except OSError as exc:
             raise ConnectFailed(exc.errno, f"cannot connect to {host}:{port}: {exc}") from exc
         return protocol

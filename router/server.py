@@ -26,6 +26,7 @@ from common.config import ClusterConfig
 from common.errors import error_response
 from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
+from common.tls import Side, client_auth, client_context
 from common.wire import (
     CHANNEL_PATH,
     REPORT_PATH,
@@ -88,7 +89,8 @@ class RouterServer:
             first_reports_within_s=config.deployment.heartbeat_interval_s + 1.0,
         )
         self.counters: Counter[str] = Counter()
-        self._upstream = UpstreamPool()
+        self._replica_tls = client_context(config.tls, Side.REPLICA)  # None: plain HTTP
+        self._upstream = UpstreamPool(ssl_context=self._replica_tls)
         self.forwarder = Forwarder(
             self.view,
             config.router,
@@ -103,6 +105,7 @@ class RouterServer:
             clock=self.clock,
             counters=self.counters,
             on_down=self.forwarder.abandon,
+            client_certificates=client_auth(config.tls),
         )
         self.started_at = time.time()
         self.url = ""
@@ -124,7 +127,9 @@ class RouterServer:
         return app
 
     async def _start(self, app: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=0, keepalive_timeout=30, ttl_dns_cache=300, ssl=self._replica_tls or True
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,

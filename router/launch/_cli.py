@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,8 +28,9 @@ import aiohttp
 
 from common.addresses import reachable_url
 from common.auth import authorization_value, load_secret
-from common.config import ClusterConfig, ConfigError, dump_config, load_config
+from common.config import ClusterConfig, ConfigError, TlsConfig, dump_config, load_config
 from common.status import RouterStatusDocument
+from common.tls import Side, client_context, scheme
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
 from router.launch._launcher import run_launcher
@@ -183,7 +186,7 @@ async def _apply_to(
     outcome = await _wait_converged(info, generation, timeout_s=args.timeout)
     if outcome != 0:
         return outcome
-    _, document = await _fetch_status(info.router_url)
+    _, document = await _fetch_status(info.router_url, client_context(config.tls, Side.ROUTER))
     if document is not None:
         print(format_status(document))
     return 0
@@ -241,19 +244,22 @@ def _broken_replicas(state: dict[str, Any], generation: int) -> list[dict[str, A
 
 def _status(args: argparse.Namespace) -> int:
     launcher: LauncherInfo | None = None
+    tls = TlsConfig()  # a bare --url: the system's trust store
     if args.url:
         url = args.url.rstrip("/")
     elif args.config:
         config = _load(args.config)
         if config is None:
             return CONFIG_ERROR_EXIT_CODE
+        tls = config.tls
         launcher = find_launcher(port=config.router.port, config_path=args.config)
         if launcher is not None:
             url = launcher.router_url
         elif config.router.port == 0:
             return _fail(f"no running launcher for {args.config} (router.port 0); pass --url")
         else:
-            url = reachable_url(f"http://{config.router.host}:{config.router.port}")
+            router_scheme = scheme(config.tls, Side.ROUTER)
+            url = reachable_url(f"{router_scheme}://{config.router.host}:{config.router.port}")
     else:
         launchers = running_launchers()
         if len(launchers) > 1:
@@ -261,17 +267,28 @@ def _status(args: argparse.Namespace) -> int:
             return _fail(f"{len(launchers)} clusters are running: {urls}; pass CONFIG or --url")
         launcher = launchers[0] if launchers else None
         url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
-    return asyncio.run(_show_status(url, launcher, as_json=args.json))
+        if launcher is not None:
+            with contextlib.suppress(ConfigError):  # if it changed, the system's trust may do
+                tls = load_config(launcher.config_path).tls
+    try:
+        context = client_context(tls, Side.ROUTER)
+    except ValueError as err:  # a TLS file changed since the config was read
+        return _fail(str(err), CONFIG_ERROR_EXIT_CODE)
+    return asyncio.run(_show_status(url, launcher, context, as_json=args.json))
 
 
-async def _fetch_status(url: str) -> tuple[int, RouterStatusDocument | None]:
-    """The router's status; with the cluster secret ($MODELPLEX_SECRET), which a router that
-    listens beyond loopback requires."""
+async def _fetch_status(
+    url: str, context: ssl.SSLContext | None
+) -> tuple[int, RouterStatusDocument | None]:
+    """The router's status, over https with `context` if given (else the system's trust);
+    with the cluster secret ($MODELPLEX_SECRET), which a router that listens beyond loopback
+    requires."""
     timeout = aiohttp.ClientTimeout(total=5.0)
     secret = load_secret()
     headers = {"Authorization": authorization_value(secret)} if secret else {}
+    connector = aiohttp.TCPConnector(ssl=context or True)
     async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
         session.get(f"{url}/-/status", headers=headers) as response,
     ):
         if response.status != 200:
@@ -280,9 +297,11 @@ async def _fetch_status(url: str) -> tuple[int, RouterStatusDocument | None]:
         return response.status, status_document(data)
 
 
-async def _show_status(url: str, launcher: LauncherInfo | None, *, as_json: bool) -> int:
+async def _show_status(
+    url: str, launcher: LauncherInfo | None, context: ssl.SSLContext | None, *, as_json: bool
+) -> int:
     try:
-        code, document = await _fetch_status(url)
+        code, document = await _fetch_status(url, context)
     except (aiohttp.ClientError, TimeoutError) as err:
         return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
     except ValueError:

@@ -32,6 +32,7 @@ from common.auth import SECRET_ENV, SECRET_FILE_ENV, authorization_value, genera
 from common.config import ClusterConfig, ConfigError, load_config
 from common.serving import STOP_SIGNALS
 from common.status import RouterStatusDocument
+from common.tls import Side, client_context
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
 from router.launch._plan import changed_keys
@@ -112,7 +113,10 @@ class Launcher:
         except (LauncherRunning, OSError) as err:
             log(f"{err}")
             return 1
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        connector = aiohttp.TCPConnector(ssl=client_context(self._initial.tls, Side.ROUTER) or True)
+        self._http = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=2.0)
+        )
         self._replicas = ReplicaSet(
             runtime=runtime,
             env=self._env,
@@ -299,6 +303,12 @@ class Launcher:
             notes.append(
                 f"the router section changed ({'; '.join(router_changes)}): that needs a "
                 "restart of `modelplex up`; the router keeps running as it was"
+            )
+        if config.tls != running.tls:
+            notes.append(
+                "the tls section changed: that needs a restart of `modelplex up`; the router "
+                "keeps the TLS it started with (replicas started for a deployment change would "
+                "use the new one)"
             )
         for key in ("heartbeat_interval_s", "heartbeat_timeout_s"):
             before, after = getattr(running.deployment, key), getattr(config.deployment, key)

@@ -10,6 +10,9 @@ event loop; `wait_for` is its one poll with a deadline.
 
 Unlike `modelplex up`, nothing is restarted: a test that kills a replica sees it stay down.
 
+With `tls` (the config's `tls` section) the router and the replicas listen with TLS as that
+section says, and the cluster reads status and metrics over https with the config's contexts.
+
 A `ReplicaPlacement` puts one replica elsewhere: behind a command prefix (another network
 namespace, say), bound to and advertising its own address, reaching the router at the address it
 sees; with `router_host` the router binds an address those replicas can reach.
@@ -26,6 +29,7 @@ import json
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -43,7 +47,9 @@ import yaml
 
 from common.addresses import reachable_url
 from common.auth import authorization_value, generate_secret
+from common.config import parse_config
 from common.status import ReplicaStatusDocument, RouterStatusDocument
+from common.tls import Side, client_context
 from router.launch._launcher import child_environment
 
 __all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "ReplicaPlacement", "wait_for"]
@@ -52,7 +58,7 @@ SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
 POLL_INTERVAL_S = 0.02
 STOP_TIMEOUT_S = 15.0
 TAIL_LINES = 30
-LISTENING = re.compile(r"listening on (http://\S+)")
+LISTENING = re.compile(r"listening on (https?://\S+)")
 LOAD_COUNTER = re.compile(
     r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\}\s+(\S+)$", re.MULTILINE
 )
@@ -78,11 +84,17 @@ def wait_for(condition: Callable[[], _T], timeout_s: float, what: str) -> _T:
         time.sleep(POLL_INTERVAL_S)
 
 
-def _get(url: str, timeout_s: float = 10.0, *, secret: str | None = None) -> bytes:
-    """GET `url`; with `secret`, as an operator with the cluster secret."""
+def _get(
+    url: str,
+    timeout_s: float = 10.0,
+    *,
+    secret: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> bytes:
+    """GET `url`; with `secret`, as an operator with the cluster secret; `context` for https."""
     headers = {"Authorization": authorization_value(secret)} if secret else {}
     request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
         body: bytes = response.read()
     return body
 
@@ -191,8 +203,9 @@ class LocalCluster:
     """A router and `num_replicas` replicas of `import_path` on this machine; a context manager.
 
     `deployment` and `router` hold further keys of the config's sections (the config's defaults
-    otherwise); `workdir` holds the config and is the children's working directory (None: a
-    temporary directory, removed by `close()`). `router_host` is the address the router binds
+    otherwise), `tls` its `tls` section (relative paths are from `workdir`); `workdir` holds the
+    config and is the children's working directory (None: a temporary directory, removed by
+    `close()`). `router_host` is the address the router binds
     (a wildcard is reached on loopback); `placements` puts replicas, by id, elsewhere.
     """
 
@@ -209,6 +222,7 @@ class LocalCluster:
         ready_timeout_s: float = 60.0,
         router_host: str = "127.0.0.1",
         placements: Mapping[str, ReplicaPlacement] | None = None,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="modelplex-")) if workdir is None else workdir
@@ -224,6 +238,12 @@ class LocalCluster:
                 "num_replicas": num_replicas,
             },
         }
+        if tls is not None:
+            config["tls"] = dict(tls)
+        tls_config = parse_config(config, base_dir=str(self.workdir)).tls  # ConfigError early
+        # What this cluster's reads use, and a test may too: None for plain HTTP.
+        self.router_tls = client_context(tls_config, Side.ROUTER)
+        self.replica_tls = client_context(tls_config, Side.REPLICA)
         self.config_path.write_text(yaml.safe_dump(config))
         self.router: ChildProcess | None = None
         self.replicas: dict[str, ChildProcess] = {}
@@ -277,7 +297,7 @@ class LocalCluster:
     def status(self) -> RouterStatusDocument:
         """The router's `/-/status`."""
         document: RouterStatusDocument = json.loads(
-            _get(self.url + "/-/status", secret=self.secret)
+            _get(self.url + "/-/status", secret=self.secret, context=self.router_tls)
         )
         return document
 
@@ -303,7 +323,7 @@ class LocalCluster:
         its `/-/metrics`."""
         counts: dict[str, int] = {}
         for replica_id, url in self.replica_urls().items():
-            text = _get(url + "/-/metrics", secret=self.secret).decode()
+            text = _get(url + "/-/metrics", secret=self.secret, context=self.replica_tls).decode()
             counts[replica_id] = int(sum(float(v) for v in LOAD_COUNTER.findall(text)))
         return counts
 
