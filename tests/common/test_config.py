@@ -1,11 +1,12 @@
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.config import (
@@ -487,3 +488,159 @@ def test_dump_round_trips_any_valid_config(
             assert dumped[section][key] == value
     assert parse_config(dumped) == config
     assert dump_config(parse_config(dumped)) == dumped
+
+
+# --- fuzzing: thousands of cases -------------------------------------------------------------
+
+FUZZ = settings(max_examples=2000, deadline=None)
+DROP = object()
+KNOWN_KEYS = sorted({*_ROUTER_RULES, *_DEPLOYMENT_RULES, "router", "deployment"})
+YAML_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["pkg.mod:Cls", "0.0.0.0", "", "-1", "1e3"])
+)
+YAML_DATA = st.recursive(
+    YAML_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(KNOWN_KEYS) | YAML_SCALARS, inner, max_size=4)
+    ),
+    max_leaves=6,
+)
+"""What YAML loads to: scalars, lists and mappings, keyed mostly by the config's own keys."""
+
+
+def parsed_or_error(parse: Callable[[], ClusterConfig]) -> ClusterConfig | ConfigError:
+    try:
+        return parse()
+    except ConfigError as error:
+        return error
+
+
+def is_valid_or_explained(result: ClusterConfig | ConfigError) -> bool:
+    """A config that dumps and parses back to itself, or a ConfigError naming its key."""
+    if isinstance(result, ConfigError):
+        return bool(str(result)) and str(result).startswith(result.key)
+    return parse_config(dump_config(result), source=result.source) == result
+
+
+@FUZZ
+@given(YAML_DATA)
+def test_any_data_parses_or_raises_config_error(data: object) -> None:
+    assert is_valid_or_explained(parsed_or_error(lambda: parse_config(data)))
+
+
+@FUZZ
+@given(
+    st.sampled_from([yaml.safe_load(FULL_YAML), deployment()]),
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, "router", "deployment"]),
+            st.sampled_from(KNOWN_KEYS) | st.text(max_size=8),
+            YAML_DATA | st.just(DROP),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_a_valid_config_with_keys_changed_parses_or_raises_config_error(
+    valid: dict[str, Any], changes: list[tuple[str | None, str, object]]
+) -> None:
+    data: dict[Any, Any] = {name: dict(section) for name, section in valid.items()}
+    for section, key, value in changes:
+        target = data if section is None else data.get(section)
+        if not isinstance(target, dict):
+            continue
+        if value is DROP:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    assert is_valid_or_explained(parsed_or_error(lambda: parse_config(data)))
+
+
+SHORT_YAML = "router: {port: 0}\ndeployment:\n  import_path: pkg.mod:Cls\n  num_replicas: 2\n"
+"""A valid config that PyYAML (pure Python here) reads faster than FULL_YAML."""
+
+
+def edited_text(text: str, data: st.DataObject) -> str:
+    """`text` after a few random character edits."""
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(0, len(text)))
+        inserted = data.draw(st.text(max_size=4) | st.sampled_from([":", " ", "\n", "- ", "{"]))
+        text = text[:position] + inserted + text[position + data.draw(st.integers(0, 4)) :]
+    return text
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz") / "cluster.yaml"
+
+
+@FUZZ
+@given(st.data())
+def test_any_file_loads_or_raises_config_error(config_file: Path, data: st.DataObject) -> None:
+    kind = data.draw(st.sampled_from(["bytes", "text", "edited"]))
+    if kind == "bytes":
+        config_file.write_bytes(data.draw(st.binary(max_size=200)))
+    elif kind == "text":
+        config_file.write_text(data.draw(st.text(max_size=200)), encoding="utf-8", errors="replace")
+    else:
+        valid = data.draw(st.sampled_from([FULL_YAML, SHORT_YAML]))
+        config_file.write_text(edited_text(valid, data), encoding="utf-8", errors="replace")
+    assert is_valid_or_explained(parsed_or_error(lambda: load_config(config_file)))
+
+
+TOO_MANY_DIGITS = 5000
+"""More than sys.get_int_max_str_digits() (4300): such an int cannot be converted to or from
+a string."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason=(
+        "an integer literal of more than 4300 digits makes PyYAML's int() raise a plain "
+        "ValueError (the int/str conversion limit), which load_config lets escape: "
+        "common/config.py:330 catches only yaml errors"
+    ),
+)
+def test_an_integer_too_long_to_read_is_a_config_error(config_file: Path) -> None:
+    digits = "9" * TOO_MANY_DIGITS
+    config_file.write_text(f"deployment: {{import_path: 'a:B'}}\nrouter: {{port: {digits}}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file)
+    assert caught.value.key == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason=(
+        "parse_config puts reprlib.repr() of a rejected value in its message "
+        "(common/config.py:267); for an int of more than 4300 digits that raises a plain "
+        "ValueError (the int/str conversion limit) instead of the ConfigError"
+    ),
+)
+def test_an_integer_too_long_to_print_is_a_config_error() -> None:
+    port = 10**TOO_MANY_DIGITS  # out of range; built without a str conversion
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**deployment(), "router": {"port": port}})
+    assert caught.value.key == "router.port"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason=(
+        "YAML nested some hundreds deep (here 1000 flow sequences) makes PyYAML's recursive "
+        "composer raise RecursionError, which load_config (common/config.py:330) lets escape"
+    ),
+)
+def test_deeply_nested_yaml_is_a_config_error(config_file: Path) -> None:
+    config_file.write_text("[" * 1000 + "]" * 1000 + "\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(config_file)

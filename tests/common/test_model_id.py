@@ -1,8 +1,9 @@
 import contextlib
 import unicodedata
+from collections.abc import Callable, Mapping
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -147,3 +148,65 @@ def test_a_repeated_header_with_one_value_is_fine() -> None:
         [("serve-multiplexed-model-id", "a"), ("Serve-Multiplexed-Model-Id", "a")]
     )
     assert model_id_from_headers(CIMultiDictProxy(headers)) == "a"
+
+
+# --- fuzzing: thousands of cases -------------------------------------------------------------
+
+FUZZ = settings(max_examples=2000, deadline=None)
+HEADER_NAMES = st.sampled_from(
+    [*MODEL_ID_HEADERS, "Serve-Multiplexed-Model-Id", "SERVE_MULTIPLEXED_MODEL_ID", "model"]
+)
+RAW_IDS = (
+    st.text(max_size=300)
+    | st.text(VALID_CHARACTERS, min_size=60, max_size=260)
+    | st.binary(max_size=300).map(lambda raw: raw.decode("utf-8", "surrogateescape"))
+)
+"""Any text, long text near the byte limit, and header bytes as aiohttp hands them over."""
+
+
+def follows_the_rules(raw: str) -> bool:
+    """The module's rules, restated: valid UTF-8, at most 256 bytes, no Cc character."""
+    try:
+        size = len(raw.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return size <= MAX_MODEL_ID_BYTES and all(unicodedata.category(c) != "Cc" for c in raw)
+
+
+def outcome(read: Callable[[], str]) -> str | InvalidModelId:
+    try:
+        return read()
+    except InvalidModelId as error:
+        return error
+
+
+@FUZZ
+@given(RAW_IDS)
+def test_any_id_is_returned_unchanged_or_rejected_with_a_message(raw: str) -> None:
+    result = outcome(lambda: validate_model_id(raw))
+    if follows_the_rules(raw):
+        assert result is raw
+    else:
+        assert isinstance(result, InvalidModelId)
+        assert str(result)
+
+
+@FUZZ
+@given(st.lists(st.tuples(HEADER_NAMES, RAW_IDS), max_size=4), st.booleans())
+def test_any_headers_name_their_one_id_or_raise_invalid_model_id(
+    pairs: list[tuple[str, str]], case_insensitive: bool
+) -> None:
+    if case_insensitive:
+        headers: Mapping[str, str] = CIMultiDictProxy(CIMultiDict(pairs))
+        named = {value for name, value in pairs if name.lower() in MODEL_ID_HEADERS}
+    else:
+        headers = dict(pairs)
+        named = {value for name, value in headers.items() if name in MODEL_ID_HEADERS}
+    result = outcome(lambda: model_id_from_headers(headers))
+    if not named:
+        assert result == ""
+    elif len(named) == 1 and follows_the_rules(next(iter(named))):
+        assert result == next(iter(named))
+    else:
+        assert isinstance(result, InvalidModelId)
+        assert str(result)

@@ -1,13 +1,13 @@
 """Fixtures that start real clusters (`router.launch.LocalCluster`); every process is stopped
 when the test ends."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.launch import LocalCluster
+from router.launch import LocalCluster, ReplicaPlacement
 
 QUICK_DEPLOYMENT = {
     "max_num_models_per_replica": 2,
@@ -21,8 +21,9 @@ QUICK_DEPLOYMENT = {
 
 @pytest.fixture
 def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
-    """`start_cluster(num_replicas=2, init_kwargs=None, router=None, **deployment_keys)`: a
-    started cluster of the synthetic deployment."""
+    """`start_cluster(num_replicas=2, init_kwargs=None, router=None, placements=None,
+    **deployment_keys)`: a started cluster of the synthetic deployment; `placements` puts
+    replicas, by id, elsewhere (`ReplicaPlacement`)."""
     clusters: list[LocalCluster] = []
 
     def start(
@@ -30,6 +31,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
         num_replicas: int = 2,
         init_kwargs: dict[str, Any] | None = None,
         router: dict[str, Any] | None = None,
+        placements: Mapping[str, ReplicaPlacement] | None = None,
         **deployment: Any,
     ) -> LocalCluster:
         workdir = tmp_path / f"cluster-{len(clusters)}"
@@ -40,6 +42,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
             init_kwargs=init_kwargs,
             deployment={**QUICK_DEPLOYMENT, **deployment},
             router=router,
+            placements=placements,
         )
         clusters.append(cluster)
         return cluster.start()
