@@ -291,6 +291,14 @@ _TLS_SUBSECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Rule]]] = {
 }
 
 
+def _shown(value: object) -> str:
+    """A short, safe rendering of a rejected value (whatever it is: deep, or a huge integer)."""
+    try:
+        return reprlib.repr(value)
+    except (ValueError, RecursionError):
+        return f"a value of type {type(value).__name__}"
+
+
 def _is_required(f: dataclasses.Field[Any]) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
@@ -317,7 +325,7 @@ def _reject_unknown_keys(path: str, given: Mapping[Any, object], known: list[str
 
 def _parse_section(path: str, given: object, cls: type[Any], rules: Mapping[str, _Rule]) -> Any:
     if not isinstance(given, Mapping):
-        raise ConfigError(path, f"must be a mapping, got {reprlib.repr(given)}")
+        raise ConfigError(path, f"must be a mapping, got {_shown(given)}")
     _reject_unknown_keys(path, given, _field_names(cls))
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -332,7 +340,7 @@ def _parse_section(path: str, given: object, cls: type[Any], rules: Mapping[str,
         except TypeError:
             valid = False
         if not valid:
-            got = reprlib.repr(given[f.name])
+            got = _shown(given[f.name])
             raise ConfigError(f"{path}.{f.name}", f"must be {rule.describe}, got {got}")
         values[f.name] = accepted
     return cls(**values)
@@ -341,7 +349,7 @@ def _parse_section(path: str, given: object, cls: type[Any], rules: Mapping[str,
 def _parse_tls(given: object, base_dir: str | None) -> TlsConfig:
     """The `tls` section, its files' paths joined to `base_dir`, every file loaded once."""
     if not isinstance(given, Mapping):
-        raise ConfigError("tls", f"must be a mapping, got {reprlib.repr(given)}")
+        raise ConfigError("tls", f"must be a mapping, got {_shown(given)}")
     _reject_unknown_keys("tls", given, list(_TLS_SUBSECTIONS))
     parts: dict[str, Any] = {}
     for name, (cls, rules) in _TLS_SUBSECTIONS.items():
@@ -441,6 +449,10 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
         problem = err.problem or err.context or "syntax error"
         raise ConfigError("", f"{name}: invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as err:
+        raise ConfigError("", f"{name}: invalid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError("", f"{name}: invalid YAML: nested too deeply") from None
+    except ValueError as err:  # e.g. an integer too long to convert
         raise ConfigError("", f"{name}: invalid YAML: {err}") from None
     return parse_config(data, source=name, base_dir=os.path.dirname(os.path.abspath(name)))
 

@@ -27,6 +27,7 @@ snapshots a second in a large cluster.
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -333,7 +334,9 @@ def _models(raw: Any) -> tuple[ModelEntry, ...]:
     entries: list[ModelEntry] = []
     for index, model_id, idle_s, in_use in _per_model(raw, "models", "[model_id, idle_s, in_use]"):
         if type(in_use) is not int or in_use < 0:
-            raise WireError(f"models[{index}]: in_use must be an integer >= 0, got {in_use!r}")
+            raise WireError(
+                f"models[{index}]: in_use must be an integer >= 0, got {_preview(in_use)}"
+            )
         if type(idle_s) is not float or not (0.0 <= idle_s < math.inf):
             idle_s = _non_negative_float(idle_s, f"models[{index}]: idle_s")
         entries.append(ModelEntry(model_id=model_id, idle_s=idle_s, in_use=in_use))
@@ -427,8 +430,17 @@ def _is_token(value: str) -> bool:
     return value.isprintable() and " " not in value
 
 
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxlevel = 3  # a nested value is shown a few levels deep, never recursed whole
+_PREVIEW.maxstring = 60
+_PREVIEW.maxother = 60
+
+
 def _preview(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = _PREVIEW.repr(value)
+    except (ValueError, RecursionError):  # an integer too long to print, say
+        return f"a value of type {type(value).__name__}"
     return text if len(text) <= 80 else f"{text[:77]}..."
 
 

@@ -578,15 +578,6 @@ def with_nested_array(obj: Any) -> bytes:
     return frame_of(obj).replace(frame_of(NESTED_HERE), b"\x91" * NESTING + b"\xc0")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason=(
-        "common/wire.py:225 (_unpack, via _preview) and :287 (_models, in_use!r) put repr() "
-        "of the offending value in the WireError message; for an array nested ~1000 deep, "
-        "which msgpack still unpacks, repr() raises RecursionError, which escapes the decoder"
-    ),
-)
 @pytest.mark.parametrize(
     ("decode", "obj"),
     [
