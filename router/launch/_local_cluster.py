@@ -253,14 +253,21 @@ class LocalCluster:
         self._placements = dict(placements or {})
         self._env = child_environment(self.secret, self.workdir, _IMPORT_ROOT)
 
-    def start(self) -> LocalCluster:
-        """Start the router, then the replicas; return once all of them are healthy."""
+    def start_router(self, port: int | None = None) -> ChildProcess:
+        """Start the router (again, after it died: on `port`, the one it had), as `start`
+        does; it becomes `self.router`, which `close` stops."""
         argv = [sys.executable, "-m", "router", "--config", str(self.config_path)]
+        if port is not None:
+            argv += ["--port", str(port)]
         if self._router_log_level is not None:
             argv += ["--log-level", self._router_log_level]
+        self.router = ChildProcess("router", argv, env=self._env, cwd=self.workdir)
+        return self.router
+
+    def start(self) -> LocalCluster:
+        """Start the router, then the replicas; return once all of them are healthy."""
         try:
-            self.router = ChildProcess("router", argv, env=self._env, cwd=self.workdir)
-            self.url = reachable_url(self.router.url(self._ready_timeout_s))
+            self.url = reachable_url(self.start_router().url(self._ready_timeout_s))
             for number in range(1, self.num_replicas + 1):
                 self.start_replica(f"replica-{number}")
             self.wait_healthy(self.num_replicas, self._ready_timeout_s)

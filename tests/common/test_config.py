@@ -616,5 +616,5 @@ def test_an_integer_too_long_to_print_is_a_config_error() -> None:
 
 def test_deeply_nested_yaml_is_a_config_error(config_file: Path) -> None:
     config_file.write_text("[" * 1000 + "]" * 1000 + "\n")
-    with pytest.raises(ConfigError, match="nested too deeply|top level must be a mapping"):
+    with pytest.raises(ConfigError, match=r"nested too deeply|top level must be a mapping"):
         load_config(config_file)

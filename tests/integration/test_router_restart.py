@@ -6,7 +6,6 @@ they are, with no model loaded again."""
 import json
 import os
 import signal
-import sys
 import time
 import urllib.parse
 from collections import Counter
@@ -19,8 +18,7 @@ from multidict import CIMultiDict
 
 from common.addresses import reachable_url
 from common.headers import COLD_HEADER, REPLICA_HEADER
-from router.launch import ChildProcess, LocalCluster, wait_for
-from router.launch._launcher import child_environment
+from router.launch import LocalCluster, wait_for
 
 MODEL = "serve_multiplexed_model_id"
 WARM = ("warm-a", "warm-b", "warm-c")
@@ -39,16 +37,6 @@ def kill_router(cluster: LocalCluster) -> int:
     assert router.wait() == -signal.SIGKILL
     router.stop()
     return port
-
-
-def start_router(cluster: LocalCluster, port: int) -> ChildProcess:
-    """Another router on `port`, started as `LocalCluster.start` starts one (same config,
-    secret and environment): LocalCluster has no restart of its own."""
-    argv = [sys.executable, "-m", "router", "--config", str(cluster.config_path)]
-    env = child_environment(cluster.secret, cluster.workdir, REPO_ROOT)
-    router = ChildProcess("router", [*argv, "--port", str(port)], env=env, cwd=cluster.workdir)
-    cluster.router = router  # so that cluster.close() stops it
-    return router
 
 
 async def answer(
@@ -92,7 +80,7 @@ async def test_a_restarted_router_serves_the_warm_models_without_loading_them_ag
 
     # The new router, before and while the replicas report again. Requests here name no
     # model, so that one answered before every replica has reported loads nothing.
-    router = start_router(cluster, port)
+    router = cluster.start_router(port)
     assert reachable_url(router.url()) == url
     early: list[int] = []
     deadline = time.monotonic() + REPORTED_WITHIN_S
