@@ -15,14 +15,16 @@ CONFIG_ERROR_EXIT_CODE = 2  # a child's "bad config or import error": restarting
 
 INITIAL_RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
-STABLE_UPTIME_S = 60.0  # a child that stayed up this long starts its backoff afresh
+# A child that stayed up this long was serving, not crash-looping: its backoff starts afresh.
+# (The router is the only public port; one that dies after serving must come back at once.)
+STABLE_UPTIME_S = 10.0
 CONFIG_ERROR_RESTART_DELAY_S = 5.0
 
 
 def restart_delay_s(previous_delay_s: float | None, *, uptime_s: float, exit_code: int) -> float:
     """How long to wait before restarting a child that exited on its own.
 
-    0.5 s doubling to 30 s; a child that stayed up 60 s starts again at 0.5 s. A config or
+    0.5 s doubling to 30 s; a child that stayed up 10 s starts again at 0.5 s. A config or
     import error (exit code 2) waits at least 5 s: it will fail the same way until someone acts.
     """
     if previous_delay_s is None or uptime_s >= STABLE_UPTIME_S:
