@@ -87,6 +87,9 @@ class RouterConfig:
     # failed on max_load_failures replicas (or every one), its requests get 503 at once.
     load_failure_cooldown_s: float = 30.0
     max_load_failures: int = 3
+    access_log: str = (
+        "text"  # one line per request on the "modelplex.access" logger: text, json, off
+    )
     # A rarely needed override: a fixed time, in model-load times, that a request for a cold
     # model may wait for a slot rather than evict a model asked for more often. null (the
     # default) lets the policy bound the wait by itself, to about one load time.
@@ -234,6 +237,7 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "breaker_cooldown_s": _POSITIVE_SECONDS,
     "load_failure_cooldown_s": _POSITIVE_SECONDS,
     "max_load_failures": _count(1),
+    "access_log": _Rule(_string, lambda v: v in ("text", "json", "off"), "text, json or off"),
     "popular_model_patience": _Rule(
         _optional_seconds,
         lambda v: v is None or 0 <= v < math.inf,

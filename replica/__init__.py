@@ -6,7 +6,7 @@ A deployment written for Ray Serve changes one import line:
 """
 
 from replica._cache import CacheClosed, ModelSlotTimeout
-from replica._context import get_multiplexed_model_id, request_context
+from replica._context import get_multiplexed_model_id, get_request_id, request_context
 from replica._multiplex import MultiplexedLoader, multiplexed
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "ModelSlotTimeout",
     "MultiplexedLoader",
     "get_multiplexed_model_id",
+    "get_request_id",
     "multiplexed",
     "request_context",
 ]

@@ -28,11 +28,13 @@ class RequestScope:
         "evict_hint",
         "failed_load",
         "model_id",
+        "request_id",
         "waited_for_load",
     )
 
-    def __init__(self, model_id: str, evict_hint: str = "") -> None:
+    def __init__(self, model_id: str, evict_hint: str = "", request_id: str = "") -> None:
         self.model_id = model_id
+        self.request_id = request_id
         self.evict_hint = evict_hint  # the model the router asked this replica to give up
         self.waited_for_load = False
         self.failed_load: str | None = None  # a model whose load failed under this request
@@ -58,19 +60,27 @@ def get_multiplexed_model_id() -> str:
     return _model_id.get()
 
 
+def get_request_id() -> str:
+    """The id of the request being served (its `x-request-id`), or "" outside a request."""
+    scope = _scope.get()
+    return scope.request_id if scope is not None else ""
+
+
 def current_scope() -> RequestScope | None:
     return _scope.get()
 
 
 @contextmanager
-def request_context(model_id: str, *, evict_hint: str = "") -> Iterator[RequestScope]:
+def request_context(
+    model_id: str, *, evict_hint: str = "", request_id: str = ""
+) -> Iterator[RequestScope]:
     """Serve one request for `model_id`: set the id and release the request's pins at the end.
 
     The replica server wraps every request in this; tests use it to call a deployment as a
     request would. `evict_hint` names the model to give up if this request needs a slot
     (the router's choice); when it cannot be evicted the cache's own LRU rule applies.
     """
-    scope = RequestScope(model_id, evict_hint)
+    scope = RequestScope(model_id, evict_hint, request_id)
     id_token = _model_id.set(model_id)
     scope_token = _scope.set(scope)
     try:

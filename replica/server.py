@@ -32,6 +32,7 @@ from common import headers
 from common.auth import data_path_token, is_authorized
 from common.errors import error_response
 from common.model_id import InvalidModelId, model_id_from_headers
+from common.request_id import REQUEST_ID_HEADER, request_id_from
 from common.wire import MAX_FAILURE_MESSAGE_CHARS, ReplicaSnapshot, encode_snapshot
 from replica._cache import CacheClosed, ModelSlotTimeout
 from replica._context import RequestScope, request_context
@@ -50,6 +51,7 @@ REPLICA_HEADER = istr(headers.REPLICA_HEADER)
 COLD_HEADER = istr(headers.COLD_HEADER)
 EVICT_HEADER = istr(headers.EVICT_HEADER)
 CREDENTIAL_HEADER = istr(headers.CREDENTIAL_HEADER)
+REQUEST_ID = istr(REQUEST_ID_HEADER)
 LOAD_FAILED_HEADER = istr(headers.LOAD_FAILED_HEADER)
 CACHE_HEADER = istr(headers.CACHE_HEADER)
 _RETRY_AFTER = istr("Retry-After")
@@ -225,8 +227,9 @@ class ReplicaServer:
         if self.draining:
             self._last_arrival = asyncio.get_running_loop().time()
         evict_hint = request.headers.get(EVICT_HEADER, "") if from_router else ""
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
         try:
-            with request_context(model_id, evict_hint=evict_hint) as scope:
+            with request_context(model_id, evict_hint=evict_hint, request_id=request_id) as scope:
                 return await self._serve(request, scope)
         finally:
             self.in_flight -= 1
@@ -236,6 +239,7 @@ class ReplicaServer:
     async def _serve(self, request: web.Request, scope: RequestScope) -> web.StreamResponse:
         def stamp(response: web.StreamResponse) -> None:
             response.headers[REPLICA_HEADER] = self.replica_id
+            response.headers[REQUEST_ID] = scope.request_id
             if scope.waited_for_load:
                 response.headers[COLD_HEADER] = "1"
 

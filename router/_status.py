@@ -102,16 +102,37 @@ class _RouterCollector(Collector):
             "1 if the router sends requests to it",
             labels=["replica"],
         )
+        state = GaugeMetricFamily(
+            "modelplex_router_replica_state",
+            "1 for the replica's state as the router sees it (healthy, circuit_open, ...)",
+            labels=["replica", "state"],
+        )
+        breaker = GaugeMetricFamily(
+            "modelplex_router_replica_breaker_failures",
+            "Failed requests in a row on the replica (its circuit breaker's count)",
+            labels=["replica"],
+        )
         for replica in self.server.view:
-            in_flight.add_metric([replica.replica_id], replica.in_flight)
-            models.add_metric([replica.replica_id], len(replica.models))
-            up.add_metric([replica.replica_id], 1 if replica.routable else 0)
+            rid = replica.replica_id
+            in_flight.add_metric([rid], replica.in_flight)
+            models.add_metric([rid], len(replica.models))
+            up.add_metric([rid], 1 if replica.routable else 0)
+            state.add_metric([rid, replica.status.value], 1)
+            breaker.add_metric([rid], replica.breaker.failures)
         yield in_flight
         yield models
         yield up
+        yield state
+        yield breaker
+        routable = GaugeMetricFamily(
+            "modelplex_router_routable_replicas", "Replicas the router sends requests to"
+        )
+        routable.add_metric([], len(self.server.view.routable_ids))
+        yield routable
 
 
 def metrics_text(server: RouterServer) -> bytes:
+    """`/-/metrics`: the router's state now, then its request metrics (`router._telemetry`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_RouterCollector(server))
-    return generate_latest(registry)
+    return generate_latest(registry) + generate_latest(server.telemetry.registry)

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
+from typing import Any
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -26,6 +27,7 @@ from common.config import ClusterConfig
 from common.errors import error_response
 from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
 from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
+from common.request_id import REQUEST_ID_HEADER, request_id_from
 from common.tls import Side, client_auth, client_context
 from common.wire import (
     CHANNEL_PATH,
@@ -36,6 +38,7 @@ from router._channel import ReportIntake
 from router._forward import Forwarder, Retry, error_message
 from router._http import request_headers
 from router._status import metrics_text, status_document
+from router._telemetry import Outcome, RequestRecord, Telemetry
 from router._upstream import UpstreamPool
 from router.breaker import CircuitBreaker, RetryBudget
 from router.load_failures import LoadFailures
@@ -47,9 +50,27 @@ __all__ = ["RouterServer"]
 logger = logging.getLogger("modelplex.router")
 
 _MAX_ATTEMPTS = 4
+_LOGGED_PATH_CHARS = 200
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
 _MAX_BREAKER_COOLDOWN_S = 30.0
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
+
+
+def _refused(
+    record: RequestRecord, status: int, code: str, message: str, **kwargs: Any
+) -> web.Response:
+    """The router refuses the request itself (before any replica saw it)."""
+    record.reason = code
+    return error_response(status, code, message, **kwargs)
+
+
+def _body_bytes(response: web.StreamResponse | None) -> int:
+    """Bytes of the answer's body, for the access log."""
+    if response is None:
+        return 0
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        return len(response.body)
+    return response.body_length
 
 
 class RouterServer:
@@ -89,6 +110,7 @@ class RouterServer:
             first_reports_within_s=config.deployment.heartbeat_interval_s + 1.0,
         )
         self.counters: Counter[str] = Counter()
+        self.telemetry = Telemetry(access_log=config.router.access_log)
         self._replica_tls = client_context(config.tls, Side.REPLICA)  # None: plain HTTP
         self._upstream = UpstreamPool(ssl_context=self._replica_tls)
         self.forwarder = Forwarder(
@@ -169,19 +191,41 @@ class RouterServer:
     # -- the request path ------------------------------------------------------------------
 
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        """One client request, recorded (metrics, access log) and tagged with its id."""
         self.counters["requests"] += 1
+        record = RequestRecord(
+            request_id=request_id_from(request.headers.get(REQUEST_ID_HEADER)),
+            method=request.method,
+            path=request.raw_path[:_LOGGED_PATH_CHARS],
+            started=self.clock(),
+        )
+        status = 499  # the client went away before its answer (nginx's code for it)
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._route(request, record)
+            status = response.status
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = record.request_id
+            return response
+        finally:
+            self.telemetry.finished(record, status, _body_bytes(response), self.clock())
+
+    async def _route(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         try:
             model_id = model_id_from_headers(request.headers)
         except InvalidModelId as exc:
             self.counters["invalid_model_id"] += 1
-            return error_response(400, "invalid_model_id", str(exc))
+            return _refused(record, 400, "invalid_model_id", str(exc))
+        record.model_id = model_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.router.request_timeout_s
         limit = self.config.router.max_request_body_bytes
         if request.content_length is not None and request.content_length > limit:
+            record.reason = "body_too_large"
             return self.forwarder.too_large()
         body, replayable = await self._body(request)
         headers = request_headers(request)
+        headers[REQUEST_ID_HEADER] = record.request_id
         self.retry_budget.requested(self.clock())
         tried: frozenset[str] = frozenset()
         for _ in range(_MAX_ATTEMPTS):
@@ -193,11 +237,12 @@ class RouterServer:
                     "a replica failed the request and the router's retry budget is spent",
                 )
             answer = await self._attempt(
-                request, model_id, body, replayable, headers, deadline, tried=tried
+                request, record, body, replayable, headers, deadline, tried=tried
             )
             if isinstance(answer, web.StreamResponse):
                 return answer
             tried |= {answer}
+            record.retries += 1
         self.counters["replica_failed"] += 1
         return error_response(
             502, "replica_failed", f"the request failed on {_MAX_ATTEMPTS} replicas"
@@ -206,7 +251,7 @@ class RouterServer:
     async def _attempt(
         self,
         request: web.Request,
-        model_id: str,
+        record: RequestRecord,
         body: bytes | StreamReader | None,
         replayable: bool,
         headers: CIMultiDict[str],
@@ -218,7 +263,9 @@ class RouterServer:
         answer, or the id of the replica that failed it in a way that is safe to try on
         another one."""
         loop = asyncio.get_running_loop()
+        model_id = record.model_id
         remaining = deadline - loop.time()
+        asked = loop.time()
         try:
             admitted = await self.admission.admit(
                 model_id, min(remaining, self.config.router.queue_timeout_s), tried=tried
@@ -233,23 +280,33 @@ class RouterServer:
                     f"the request failed on {failed} and no other replica is available",
                 )
             self.counters["no_replica"] += 1
-            return error_response(503, "no_replica", str(exc), retry_after_s=1)
+            return _refused(record, 503, "no_replica", str(exc), retry_after_s=1)
         except QueueFull as exc:
             self.counters["queue_full"] += 1
-            return error_response(503, "queue_full", str(exc), retry_after_s=1)
+            return _refused(record, 503, "queue_full", str(exc), retry_after_s=1)
         except LoadFailed as exc:
             self.counters["load_failed_refusals"] += 1
             wait_s = self.view.load_failures.retry_after_s(model_id, self.clock())
-            return error_response(
-                503, "model_load_failed", str(exc), retry_after_s=max(1, math.ceil(wait_s))
-            )
+            retry_after_s = max(1, math.ceil(wait_s))
+            return _refused(record, 503, "model_load_failed", str(exc), retry_after_s=retry_after_s)
         except QueueTimeout as exc:
+            record.queued_s += loop.time() - asked
             if loop.time() >= deadline:
+                record.reason = "timeout"
                 return self._timed_out()
             self.counters["queue_timeout"] += 1
-            return error_response(503, "queue_timeout", str(exc), retry_after_s=1)
+            return _refused(record, 503, "queue_timeout", str(exc), retry_after_s=1)
+        record.queued_s += loop.time() - asked
+        record.replica_id = admitted.replica_id
+        if not model_id:
+            record.outcome = Outcome.NO_MODEL
+        elif admitted.cold:
+            record.outcome = Outcome.COLD_LOAD
+        else:
+            record.outcome = Outcome.WARM
         if admitted.cold:
             self.counters["cold_dispatches"] += 1
+            self.telemetry.loaded(admitted.replica_id)
         headers[CREDENTIAL_HEADER] = self._credential
         if admitted.evict:
             headers[EVICT_HEADER] = admitted.evict
@@ -263,7 +320,10 @@ class RouterServer:
                 request, admitted, headers, body, replayable, deadline
             )
             ok = response.status < 400
-            if ok and COLD_HEADER not in response.headers:  # no load inside: inference
+            if COLD_HEADER in response.headers:
+                if not admitted.cold:
+                    record.outcome = Outcome.WAITED_FOR_LOAD
+            elif ok:  # no load inside: inference
                 served_s = loop.time() - started
             return response
         except Retry:
@@ -274,6 +334,7 @@ class RouterServer:
             self.forwarder.failed_on(admitted.replica_id)
             return self._timed_out()
         finally:
+            record.upstream_s += loop.time() - started
             self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
 
     def _start_prefetch(self, prefetch: Prefetch) -> None:
@@ -285,6 +346,7 @@ class RouterServer:
         """Ask a replica to load another copy of a hot model; the outcome arrives in reports."""
         assert self._session is not None
         self.counters["prefetches"] += 1
+        self.telemetry.loaded(prefetch.replica.replica_id)
         headers = {
             MODEL_ID_HEADERS[0]: prefetch.model_id,
             "Authorization": authorization_value(self.secret),

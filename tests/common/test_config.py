@@ -39,6 +39,7 @@ router:
   breaker_cooldown_s: 0.5
   load_failure_cooldown_s: 60
   max_load_failures: 2
+  access_log: json
   popular_model_patience: 10
 deployment:
   import_path: examples.tenants:TenantModels
@@ -106,6 +107,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         breaker_cooldown_s=0.5,
         load_failure_cooldown_s=60.0,
         max_load_failures=2,
+        access_log="json",
         popular_model_patience=10.0,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
@@ -230,6 +232,7 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "retry_budget_min_per_s", -1),
         ("router", "breaker_failures", 0),
         ("router", "max_load_failures", 0),
+        ("router", "access_log", "verbose"),
         ("router", "load_failure_cooldown_s", -1),
         ("router", "breaker_cooldown_s", 0),
         ("router", "popular_model_patience", math.inf),
@@ -443,6 +446,7 @@ ROUTER = st.fixed_dictionaries(
         "breaker_cooldown_s": SECONDS,
         "load_failure_cooldown_s": SECONDS,
         "max_load_failures": st.integers(min_value=1),
+        "access_log": st.sampled_from(["text", "json", "off"]),
     },
 )
 
