@@ -87,9 +87,11 @@ class RouterConfig:
     # failed on max_load_failures replicas (or every one), its requests get 503 at once.
     load_failure_cooldown_s: float = 30.0
     max_load_failures: int = 3
-    access_log: str = (
-        "text"  # one line per request on the "modelplex.access" logger: text, json, off
-    )
+    # One line per request on the "modelplex.access" logger: "text", "json" or "off".
+    access_log: str = "text"
+    # Where a request names its model: the header, the JSON body's top-level "model" field
+    # (OpenAI-style; only the first 64 KiB are read to find it), or both (the header first).
+    model_id_from: str = "header"
     # A rarely needed override: a fixed time, in model-load times, that a request for a cold
     # model may wait for a slot rather than evict a model asked for more often. null (the
     # default) lets the policy bound the wait by itself, to about one load time.
@@ -238,6 +240,9 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     "load_failure_cooldown_s": _POSITIVE_SECONDS,
     "max_load_failures": _count(1),
     "access_log": _Rule(_string, lambda v: v in ("text", "json", "off"), "text, json or off"),
+    "model_id_from": _Rule(
+        _string, lambda v: v in ("header", "json_body", "both"), "header, json_body or both"
+    ),
     "popular_model_patience": _Rule(
         _optional_seconds,
         lambda v: v is None or 0 <= v < math.inf,

@@ -35,7 +35,7 @@ from router._upstream import ConnectFailed, UpstreamBroken, UpstreamPool, Upstre
 from router.admission import Admitted
 from router.view import ClusterView
 
-__all__ = ["Forwarder", "Retry", "error_message"]
+__all__ = ["Body", "Forwarder", "PrefixedStream", "Retry", "error_message"]
 
 logger = logging.getLogger("modelplex.router")
 
@@ -83,7 +83,25 @@ class _BodyTooLarge(Exception):
     """A streamed request body went over `router.max_request_body_bytes`."""
 
 
-async def _counted(body: StreamReader, limit: int) -> AsyncIterator[bytes]:
+class PrefixedStream:
+    """A request body whose first bytes were read already (to find its model id)."""
+
+    def __init__(self, prefix: bytes, rest: StreamReader) -> None:
+        self.prefix = prefix
+        self.rest = rest
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        if self.prefix:
+            yield self.prefix
+        async for chunk in self.rest.iter_any():
+            yield chunk
+
+
+Body = bytes | StreamReader | PrefixedStream | None
+"""What is forwarded: kept whole (replayable), streamed, or streamed after a peek."""
+
+
+async def _counted(body: StreamReader | PrefixedStream, limit: int) -> AsyncIterator[bytes]:
     """`body`'s chunks as they arrive; _BodyTooLarge once more than `limit` bytes came."""
     seen = 0
     async for chunk in body.iter_any():
@@ -137,7 +155,7 @@ class Forwarder:
         request: web.Request,
         admitted: Admitted,
         headers: CIMultiDict[str],
-        body: bytes | StreamReader | None,
+        body: Body,
         replayable: bool,
         deadline: float,
     ) -> web.StreamResponse:
@@ -148,7 +166,7 @@ class Forwarder:
         host, port = _address(admitted.url)
         upstream_body = (
             _counted(body, self.config.max_request_body_bytes)
-            if isinstance(body, StreamReader)
+            if isinstance(body, StreamReader | PrefixedStream)
             else body
         )
         head = request_head(request.method, request.raw_path, headers, body, f"{host}:{port}")

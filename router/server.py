@@ -26,7 +26,12 @@ from common.auth import authorization_value, data_path_token, is_authorized
 from common.config import ClusterConfig
 from common.errors import error_response
 from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
-from common.model_id import MODEL_ID_HEADERS, InvalidModelId, model_id_from_headers
+from common.model_id import (
+    MODEL_ID_HEADERS,
+    InvalidModelId,
+    model_id_from_headers,
+    validate_model_id,
+)
 from common.request_id import REQUEST_ID_HEADER, request_id_from
 from common.tls import Side, client_auth, client_context
 from common.wire import (
@@ -34,8 +39,9 @@ from common.wire import (
     REPORT_PATH,
 )
 from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
+from router._body_model import MAX_PEEK_BYTES, BodyModel, ModelField
 from router._channel import ReportIntake
-from router._forward import Forwarder, Retry, error_message
+from router._forward import Body, Forwarder, PrefixedStream, Retry, error_message
 from router._http import request_headers
 from router._status import metrics_text, status_document
 from router._telemetry import Outcome, RequestRecord, Telemetry
@@ -216,7 +222,6 @@ class RouterServer:
         except InvalidModelId as exc:
             self.counters["invalid_model_id"] += 1
             return _refused(record, 400, "invalid_model_id", str(exc))
-        record.model_id = model_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.router.request_timeout_s
         limit = self.config.router.max_request_body_bytes
@@ -225,6 +230,17 @@ class RouterServer:
             return self.forwarder.too_large()
         body, replayable = await self._body(request)
         headers = request_headers(request)
+        source = self.config.router.model_id_from
+        if source == "json_body" or (source == "both" and not model_id):
+            found = await self._model_in_body(body)
+            if isinstance(found, web.Response):
+                record.reason = "invalid_model_id"
+                return found
+            model_id, body = found
+            headers[MODEL_ID_HEADERS[0]] = model_id  # how the replica learns it
+            for alias in MODEL_ID_HEADERS[1:]:
+                headers.popall(alias, None)
+        record.model_id = model_id
         headers[REQUEST_ID_HEADER] = record.request_id
         self.retry_budget.requested(self.clock())
         tried: frozenset[str] = frozenset()
@@ -252,7 +268,7 @@ class RouterServer:
         self,
         request: web.Request,
         record: RequestRecord,
-        body: bytes | StreamReader | None,
+        body: Body,
         replayable: bool,
         headers: CIMultiDict[str],
         deadline: float,
@@ -377,7 +393,39 @@ class RouterServer:
         limit = self.config.router.request_timeout_s
         return error_response(504, "timeout", f"no answer within request_timeout_s={limit:g}")
 
-    async def _body(self, request: web.Request) -> tuple[bytes | StreamReader | None, bool]:
+    async def _model_in_body(self, body: Body) -> tuple[str, Body] | web.Response:
+        """The model id in the JSON body's top-level "model" field, and the body to forward
+        (the bytes read to find it, then the rest, untouched); or the 400 answer."""
+        field = ModelField()
+        found: str | BodyModel = BodyModel.NEED_MORE
+        if body is None:
+            return "", None  # no body (GET /v1/models, say): a request for no model
+        if isinstance(body, bytes):
+            found = field.feed(body[:MAX_PEEK_BYTES])
+        elif isinstance(body, StreamReader):
+            prefix = bytearray()
+            while found is BodyModel.NEED_MORE and len(prefix) < MAX_PEEK_BYTES:
+                chunk = await body.readany()
+                if not chunk:
+                    break
+                prefix += chunk
+                found = field.feed(chunk)
+            body = PrefixedStream(bytes(prefix), body)
+        if not isinstance(found, str):
+            self.counters["invalid_model_id"] += 1
+            return error_response(
+                400,
+                "invalid_model_id",
+                'the request names no model: the JSON body needs a top-level "model" string '
+                f"within its first {MAX_PEEK_BYTES} bytes",
+            )
+        try:
+            return validate_model_id(found), body
+        except InvalidModelId as exc:
+            self.counters["invalid_model_id"] += 1
+            return error_response(400, "invalid_model_id", str(exc))
+
+    async def _body(self, request: web.Request) -> tuple[Body, bool]:
         """The body to send: bytes when small enough to keep for a retry, else the stream."""
         if not request.body_exists:
             return None, True

@@ -40,6 +40,7 @@ router:
   load_failure_cooldown_s: 60
   max_load_failures: 2
   access_log: json
+  model_id_from: both
   popular_model_patience: 10
 deployment:
   import_path: examples.tenants:TenantModels
@@ -108,6 +109,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         load_failure_cooldown_s=60.0,
         max_load_failures=2,
         access_log="json",
+        model_id_from="both",
         popular_model_patience=10.0,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
@@ -233,6 +235,7 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "breaker_failures", 0),
         ("router", "max_load_failures", 0),
         ("router", "access_log", "verbose"),
+        ("router", "model_id_from", "query"),
         ("router", "load_failure_cooldown_s", -1),
         ("router", "breaker_cooldown_s", 0),
         ("router", "popular_model_patience", math.inf),
@@ -447,6 +450,7 @@ ROUTER = st.fixed_dictionaries(
         "load_failure_cooldown_s": SECONDS,
         "max_load_failures": st.integers(min_value=1),
         "access_log": st.sampled_from(["text", "json", "off"]),
+        "model_id_from": st.sampled_from(["header", "json_body", "both"]),
     },
 )
 
