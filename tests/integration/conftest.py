@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from router.launch import LocalCluster, ReplicaPlacement
+from router.launch._local_cluster import SYNTHETIC_IMPORT_PATH
 
 QUICK_DEPLOYMENT = {
     "max_num_models_per_replica": 2,
@@ -32,6 +33,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
         init_kwargs: dict[str, Any] | None = None,
         router: dict[str, Any] | None = None,
         placements: Mapping[str, ReplicaPlacement] | None = None,
+        import_path: str = SYNTHETIC_IMPORT_PATH,
         **deployment: Any,
     ) -> LocalCluster:
         workdir = tmp_path / f"cluster-{len(clusters)}"
@@ -39,6 +41,7 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
         cluster = LocalCluster(
             workdir,
             num_replicas=num_replicas,
+            import_path=import_path,
             init_kwargs=init_kwargs,
             deployment={**QUICK_DEPLOYMENT, **deployment},
             router=router,
