@@ -16,7 +16,8 @@ Invariants it keeps:
   and their waiters get `CacheClosed`;
 - an evicted model's `__del__` runs once, and its failure never fails a request;
 - `evict(model_id)` (an operator's request) never takes a model from a request using it: the
-  model leaves once no request holds it (`CacheCore.mark_evicting`), and is unloaded then.
+  model leaves once no request holds it (`CacheCore.mark_evicting`), and is unloaded then;
+  meanwhile gets still use it, but it is no longer reported, so routers stop sending them.
 
 The rules (slots, pins, victims, load turns) are `replica._cache_core.CacheCore`'s, asked for
 every decision; this layer runs them on asyncio: futures for the gets waiting on a load or a

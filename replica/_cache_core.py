@@ -21,8 +21,9 @@ Invariants it keeps:
   none), and its turn passes to the first queued load;
 - a model marked for eviction (`mark_evicting`, an operator's request) leaves the cache as soon
   as it is resident with no pin: at once if it is, else when its load ends or its last pin is
-  released. Until then it serves as before: a get still pins it (refusing would only make the
-  request wait for a reload of the very same model).
+  released. Until then a get still pins it (refusing would only make the request wait for a
+  reload of the very same model), but `state()` leaves it out: the replica no longer reports
+  it, so routers stop sending its requests here and its pins run out.
 """
 
 from __future__ import annotations
@@ -136,9 +137,12 @@ class CacheCore:
     # -- reading ---------------------------------------------------------------------------
 
     def state(self) -> CacheState:
+        """What the cache holds, as reported: a model marked for eviction is left out."""
         models: list[ResidentModel] = []
         loading: list[str] = []
         for entry in self._entries.values():
+            if entry.evicting:
+                continue
             if entry.phase is _Phase.RESIDENT:
                 models.append(ResidentModel(entry.model_id, entry.last_used, entry.pins))
             else:

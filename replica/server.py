@@ -362,7 +362,8 @@ class ReplicaServer:
     async def _evict(self, request: web.Request) -> web.StreamResponse:
         """Evict a model (an operator asked, through a router's admin API), never from under a
         request: a model no request holds leaves now, one in use or loading leaves when its
-        last request ends (requests arriving meanwhile still use it).
+        last request ends. Meanwhile requests arriving still use it, but the replica no
+        longer reports it, so the routers stop sending them and its requests run out.
 
         The model id is in the usual header; `x-modelplex-cache` limits it to one loader's
         cache. 200 `{"model": id, "caches": {name: "evicted" | "after_requests"}}`, naming

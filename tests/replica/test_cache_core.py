@@ -265,6 +265,7 @@ def test_a_pinned_model_marked_for_eviction_leaves_with_its_last_pin() -> None:
     core.acquire("a", 1.0)
     assert core.mark_evicting("a") is False
     assert core.acquire("a", 2.0).kind is Acquisition.RESIDENT  # still served meanwhile
+    assert core.state().models == ()  # but no longer reported
     core.release("a")
     assert not core.evict_due("a")  # one request still holds it
     assert core.is_evicting("a")
