@@ -4,6 +4,10 @@ models list, over HTTP and from the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -126,3 +130,80 @@ async def until_async(read: Callable[[], Any], expected: object, what: str) -> N
     while (got := await read()) != expected:
         assert loop.time() < deadline, f"{what}: still {got!r}"
         await asyncio.sleep(0.05)
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def modelplex(cluster: LocalCluster, *args: str, secret: str | None = None) -> tuple[int, str]:
+    """Run `python -m router.launch ARGS --url <router>` with the secret in its environment:
+    (exit code, stdout then stderr); never a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPLEX_SECRET")}
+    env["MODELPLEX_SECRET"] = cluster.secret if secret is None else secret
+    done = subprocess.run(
+        [sys.executable, "-m", "router.launch", *args, "--url", cluster.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, done.stdout + done.stderr
+
+
+async def test_the_cli_lists_preloads_evicts_and_drains(
+    start_cluster: Callable[..., LocalCluster],
+) -> None:
+    cluster = start_cluster(num_replicas=2)
+    cluster.wait_healthy(2)
+    code, out = modelplex(cluster, "preload", "m1", "--copies", "2", "--json")
+    assert code == 0, out
+    assert sorted(json.loads(out)["loading"]) == ["replica-1", "replica-2"]
+
+    def listed() -> dict[str, str]:
+        code, out = modelplex(cluster, "models", "--json")
+        assert code == 0, out
+        return copies(json.loads(out), "m1")
+
+    await until(lambda: listed() == {"replica-1": "loaded", "replica-2": "loaded"}, "2 copies")
+    code, out = modelplex(cluster, "models")
+    assert code == 0, out
+    header, row = out.splitlines()
+    assert header.split() == ["MODEL", "REQ/MIN", "WAITING", "REPLICAS"]
+    assert row.startswith("m1 ")
+    assert "replica-1 (loaded, idle" in row
+    assert "replica-2 (loaded, idle" in row
+
+    code, out = modelplex(cluster, "evict", "m1", "--replica", "replica-1")
+    assert (code, out) == (0, "m1 on replica-1: evicted\n")
+    assert listed() == {"replica-2": "loaded"}
+
+    code, out = modelplex(cluster, "drain", "replica-2")
+    assert (code, out) == (0, "replica-2: draining\n")
+    await until(lambda: "replica-2" not in cluster.replica_urls(), "replica-2 to leave")
+    assert listed() == {}
+
+    code, out = modelplex(cluster, "drain", "nobody")
+    assert code == 1
+    assert "no replica 'nobody'" in out
+    code, out = modelplex(cluster, "models", secret="wrong")
+    assert code == 1
+    assert "refused the cluster secret" in out
+
+
+def test_a_closed_pipe_ends_a_verb_quietly(start_cluster: Callable[..., LocalCluster]) -> None:
+    cluster = start_cluster(num_replicas=1)
+    env = {**os.environ, "MODELPLEX_SECRET": cluster.secret}
+    verb = subprocess.Popen(
+        [sys.executable, "-m", "router.launch", "models", "--json", "--url", cluster.url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert verb.stdout is not None
+    assert verb.stderr is not None
+    verb.stdout.close()  # the reader is gone before the answer is printed
+    assert verb.wait(timeout=60) == 141
+    assert verb.stderr.read() == b""
+    verb.stderr.close()
