@@ -122,7 +122,8 @@ class AdminRoutes:
         prefetch: Callable[[Prefetch], None],
     ) -> None:
         """`session`: the router's client session (None before it started); `prefetch`: how
-        the router asks a replica to load a model (`RouterServer._start_prefetch`)."""
+        the router asks a replica to load a model (`RouterServer._start_prefetch`). The view's
+        demand starts counting requests per minute (`Demand.track_rates`) on `clock`."""
         self.view = view
         self.policy = policy
         self.clock = clock

@@ -138,10 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     evict.add_argument("--replica", metavar="R", help="from replica R only (default: every one)")
     drain = commands.add_parser("drain", help="stop routing to a replica and have it drain")
     drain.add_argument("replica", help="the replica id")
-    for verb in (models, preload, evict, drain):
+    verbs = {"models": models, "preload": preload, "evict": evict, "drain": drain}
+    for name, verb in verbs.items():
         verb.add_argument("--url", help="the router's URL (default: the running launcher's)")
         verb.add_argument("--json", action="store_true", help="print the router's JSON answer")
-        verb.set_defaults(command=_admin, command_name=verb.prog.rpartition(" ")[2])
+        verb.set_defaults(command=_admin, command_name=name)
     return parser
 
 
