@@ -14,7 +14,10 @@ Invariants it keeps:
   the next queued load starts;
 - `shutdown()` lets running loads end; loads still waiting for their turn never call the loader
   and their waiters get `CacheClosed`;
-- an evicted model's `__del__` runs once, and its failure never fails a request.
+- an evicted model's `__del__` runs once, and its failure never fails a request;
+- `evict(model_id)` (an operator's request) never takes a model from a request using it: the
+  model leaves once no request holds it (`CacheCore.mark_evicting`), and is unloaded then;
+  meanwhile gets still use it, but it is no longer reported, so routers stop sending them.
 
 The rules (slots, pins, victims, load turns) are `replica._cache_core.CacheCore`'s, asked for
 every decision; this layer runs them on asyncio: futures for the gets waiting on a load or a
@@ -45,6 +48,7 @@ __all__ = [
     "CacheClosed",
     "CacheEvent",
     "CacheEventKind",
+    "Eviction",
     "ModelCache",
     "ModelSlotTimeout",
     "check_model_id",
@@ -61,6 +65,14 @@ class CacheEventKind(enum.Enum):
     LOADED = "loaded"
     LOAD_FAILED = "load_failed"
     EVICTED = "evicted"
+
+
+class Eviction(enum.Enum):
+    """What `ModelCache.evict` did."""
+
+    EVICTED = "evicted"  # it was free: it left the cache now
+    AFTER_REQUESTS = "after_requests"  # in use or loading: it leaves when no request holds it
+    ABSENT = "absent"  # the cache does not hold it
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +268,38 @@ class ModelCache(Generic[M]):
 
     def _release(self, model_id: str) -> None:
         if self._core.release(model_id):
+            self._evict_if_due(model_id)
             self._wake_slot_waiters()
+
+    # -- eviction on request ---------------------------------------------------------------
+
+    async def evict(self, model_id: str) -> Eviction:
+        """Evict `model_id` once no request holds it (new gets still use it until then);
+        cleanup of a model evicted now has run when this returns."""
+        outcome = self._core.mark_evicting(model_id)
+        if outcome is None:
+            return Eviction.ABSENT
+        if not outcome:
+            return Eviction.AFTER_REQUESTS
+        model = self._models.pop(model_id)
+        self._emit(CacheEventKind.EVICTED, model_id)
+        self._wake_slot_waiters()
+        await self._unload(model_id, model)
+        return Eviction.EVICTED
+
+    def is_evicting(self, model_id: str) -> bool:
+        """`model_id` is marked for eviction and still held by a request or its load."""
+        return self._core.is_evicting(model_id)
+
+    def _evict_if_due(self, model_id: str) -> None:
+        """A marked model no request holds any more leaves; its cleanup runs in a task."""
+        if not self._core.evict_due(model_id):
+            return
+        model = self._models.pop(model_id)
+        self._emit(CacheEventKind.EVICTED, model_id)
+        task = asyncio.get_running_loop().create_task(self._unload(model_id, model))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- slots and loads -------------------------------------------------------------------
 
@@ -327,6 +370,7 @@ class ModelCache(Generic[M]):
         load.ready.set_result(model)
         self._emit(CacheEventKind.LOADED, model_id)
         if ended.slot_freed:
+            self._evict_if_due(model_id)
             self._wake_slot_waiters()
 
     def _give_turn(self, model_id: str | None) -> None:

@@ -18,7 +18,12 @@ Invariants it keeps:
   a load beyond it holds its slot and shows as loading, and gets its turn when a load holding
   one ends, in the order the slots were taken (FIFO);
 - a failed load leaves nothing behind: its slot frees, its pins go with it (its waiters hold
-  none), and its turn passes to the first queued load.
+  none), and its turn passes to the first queued load;
+- a model marked for eviction (`mark_evicting`, an operator's request) leaves the cache as soon
+  as it is resident with no pin: at once if it is, else when its load ends or its last pin is
+  released. Until then a get still pins it (refusing would only make the request wait for a
+  reload of the very same model), but `state()` leaves it out: the replica no longer reports
+  it, so routers stop sending its requests here and its pins run out.
 """
 
 from __future__ import annotations
@@ -95,13 +100,14 @@ class _Phase(enum.Enum):
 
 
 class _Entry:
-    __slots__ = ("last_used", "model_id", "phase", "pins")
+    __slots__ = ("evicting", "last_used", "model_id", "phase", "pins")
 
     def __init__(self, model_id: str, phase: _Phase, now: float) -> None:
         self.model_id = model_id
         self.phase = phase
         self.pins = 0
         self.last_used = now
+        self.evicting = False
 
 
 class CacheCore:
@@ -131,9 +137,12 @@ class CacheCore:
     # -- reading ---------------------------------------------------------------------------
 
     def state(self) -> CacheState:
+        """What the cache holds, as reported: a model marked for eviction is left out."""
         models: list[ResidentModel] = []
         loading: list[str] = []
         for entry in self._entries.values():
+            if entry.evicting:
+                continue
             if entry.phase is _Phase.RESIDENT:
                 models.append(ResidentModel(entry.model_id, entry.last_used, entry.pins))
             else:
@@ -217,6 +226,31 @@ class CacheCore:
         if model_id in self._turn_queue:
             self._turn_queue.remove(model_id)
         return LoadEnded(None, True)
+
+    def mark_evicting(self, model_id: str) -> bool | None:
+        """Evict `model_id` once no request holds it: True when it left the cache now (the
+        caller unloads it), False when it is marked and leaves later (`evict_due`), None when
+        the cache does not hold it."""
+        entry = self._entries.get(model_id)
+        if entry is None:
+            return None
+        entry.evicting = True
+        return self.evict_due(model_id)
+
+    def evict_due(self, model_id: str) -> bool:
+        """Remove `model_id` if it is marked for eviction, resident and unpinned; True if so
+        (the caller unloads it). Ask after a release or a load of a marked model."""
+        entry = self._entries.get(model_id)
+        if entry is None or not entry.evicting:
+            return False
+        if entry.phase is not _Phase.RESIDENT or entry.pins > 0:
+            return False
+        del self._entries[model_id]
+        return True
+
+    def is_evicting(self, model_id: str) -> bool:
+        entry = self._entries.get(model_id)
+        return entry is not None and entry.evicting
 
     def cancel_queued(self) -> list[str]:
         """No queued load will get a turn (the cache is shutting down): return them, in turn

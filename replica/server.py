@@ -4,7 +4,9 @@
 pins live exactly as long as the answer is being sent), calls the deployment and translates
 its result or exception into HTTP (`replica._respond`). It counts requests in flight, serves
 `/-/healthz`, `/-/state` and `/-/metrics`, loads a model the router asks for (`/-/load`),
-reports the caches' state to every router (`replica._reporter`), and drains gracefully.
+evicts one an operator asks to (`/-/evict`, once no request uses it), reports the caches'
+state to every router (`replica._reporter`), and drains gracefully (on a stop signal, or when
+asked: `/-/drain`).
 Reading the state (`/-/state`) changes nothing: only a report takes a sequence number.
 
 Error answers are JSON `{"error": {"code", "message"}}` with a stable code:
@@ -34,7 +36,7 @@ from common.errors import error_response
 from common.model_id import InvalidModelId, model_id_from_headers
 from common.request_id import REQUEST_ID_HEADER, request_id_from
 from common.wire import MAX_FAILURE_MESSAGE_CHARS, ReplicaSnapshot, encode_snapshot
-from replica._cache import CacheClosed, ModelSlotTimeout
+from replica._cache import CacheClosed, Eviction, ModelSlotTimeout
 from replica._context import RequestScope, request_context
 from replica._deployment import open_caches
 from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
@@ -118,6 +120,8 @@ class ReplicaServer:
         self.app.router.add_route("*", "/-/state", self._state)
         self.app.router.add_route("*", "/-/metrics", self._metrics_text)
         self.app.router.add_post("/-/load", self._load)
+        self.app.router.add_post("/-/evict", self._evict)
+        self.app.router.add_post("/-/drain", self._drain_requested)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
         self._secret = secret
         self._data_token = data_path_token(secret) if secret else None
@@ -358,6 +362,46 @@ class ReplicaServer:
             return self._stamped(error_response(500, "load_failed", message))
         names = sorted({cache.name for cache in caches})
         return self._stamped(web.json_response({"loaded": model_id, "caches": names}))
+
+    async def _evict(self, request: web.Request) -> web.StreamResponse:
+        """Evict a model (an operator asked, through a router's admin API), never from under a
+        request: a model no request holds leaves now, one in use or loading leaves when its
+        last request ends. Meanwhile requests arriving still use it, but the replica no
+        longer reports it, so the routers stop sending them and its requests run out.
+
+        The model id is in the usual header; `x-modelplex-cache` limits it to one loader's
+        cache. 200 `{"model": id, "caches": {name: "evicted" | "after_requests"}}`, naming
+        the caches that held it (none: `{}`); 404 `unknown_cache`.
+        """
+        if not self._has_secret(request):
+            return self._unauthorized()
+        try:
+            model_id = model_id_from_headers(request.headers)
+        except InvalidModelId as error:
+            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+        if not model_id:
+            return self._stamped(error_response(400, "nothing_to_evict", "a model id is required"))
+        name = request.headers.get(CACHE_HEADER, "")
+        caches = [cache for cache in runtime.caches() if not name or cache.name == name]
+        if name and not caches:
+            message = f"no @multiplexed loader is named {name!r}"
+            return self._stamped(error_response(404, "unknown_cache", message))
+        outcomes = {cache.name: await cache.evict(model_id) for cache in caches}
+        held = {name: o.value for name, o in outcomes.items() if o is not Eviction.ABSENT}
+        if held:
+            logger.info("replica %s evicting %r: %s", self.replica_id, model_id, held)
+        self.reporter.notify()
+        return self._stamped(web.json_response({"model": model_id, "caches": held}))
+
+    async def _drain_requested(self, request: web.Request) -> web.StreamResponse:
+        """Start the drain a stop signal starts (`drain`), without stopping the process:
+        202 `{"draining": replica_id}` at once; the drain goes on in the background."""
+        if not self._has_secret(request):
+            return self._unauthorized()
+        if self._drain_task is None:
+            logger.info("replica %s asked to drain", self.replica_id)
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        return self._stamped(web.json_response({"draining": self.replica_id}, status=202))
 
     async def _healthz(self, request: web.Request) -> web.StreamResponse:
         def answer() -> web.StreamResponse:

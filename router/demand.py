@@ -4,17 +4,25 @@ requests waiting and since when, and how long loads and inferences take.
 Pure: the router (or the simulator) feeds it arrivals, waits and completions with their
 times; the policy reads it. Frequencies are exact counts over a sliding window that halves
 every `window` arrivals (TinyLFU's aging), so memory stays bounded by the models seen recently
-and an old favourite fades out within a few windows.
+and an old favourite fades out within a few windows. Requests per minute (`ArrivalRate`, for
+operators; the policy does not read it) are counted once `track_rates` gives it a clock.
 """
 
 from __future__ import annotations
 
-__all__ = ["Demand"]
+import math
+from collections import deque
+from collections.abc import Callable
+
+__all__ = ["ArrivalRate", "Demand"]
 
 _EWMA = 0.1
 
 
 class Demand:
+    _rates: ArrivalRate | None = None
+    _clock: Callable[[], float] | None = None
+
     def __init__(
         self,
         *,
@@ -45,6 +53,8 @@ class Demand:
             return
         self.version += 1
         self.counts[model_id] = self.counts.get(model_id, 0) + 1
+        if self._rates is not None and self._clock is not None:
+            self._rates.arrived(model_id, self._clock())
         self._arrivals_in_window += 1
         if self._arrivals_in_window >= self.window:
             self._age()
@@ -80,3 +90,63 @@ class Demand:
             self.load_s += _EWMA * (duration_s - self.load_s)
         else:
             self.load_s, self._load_seen = duration_s, True
+
+    def track_rates(self, clock: Callable[[], float], *, window_s: float = 60.0) -> ArrivalRate:
+        """Count each model's arrivals over the last `window_s` too, timed on `clock`
+        (seconds); the counter, which `per_minute` reads."""
+        if self._rates is None:
+            self._rates, self._clock = ArrivalRate(window_s=window_s), clock
+        return self._rates
+
+    def per_minute(self, now: float) -> dict[str, float]:
+        """Requests per minute of each model asked for recently ({} without `track_rates`)."""
+        return {} if self._rates is None else self._rates.per_minute(now)
+
+
+class ArrivalRate:
+    """Arrivals of each model over a sliding window, in `buckets` buckets of time.
+
+    Pure: arrivals and readings carry their time (seconds, any epoch). A rate is the count of
+    the buckets that overlap the last `window_s`, scaled to a minute: exact to a bucket. Memory
+    is bounded by the models asked for within the window, at most `buckets` counts each.
+    """
+
+    def __init__(self, *, window_s: float = 60.0, buckets: int = 6) -> None:
+        if window_s <= 0 or buckets < 1:
+            raise ValueError(f"window_s must be positive and buckets >= 1: {window_s}, {buckets}")
+        self.window_s = window_s
+        self.buckets = buckets
+        self._bucket_s = window_s / buckets
+        self._counts: dict[str, deque[list[int]]] = {}  # model id -> [bucket index, count]
+        self._swept_at = -math.inf
+
+    def arrived(self, model_id: str, now: float) -> None:
+        index = math.floor(now / self._bucket_s)
+        counts = self._counts.get(model_id)
+        if counts is None:
+            counts = self._counts[model_id] = deque()
+        if counts and counts[-1][0] == index:
+            counts[-1][1] += 1
+        else:
+            counts.append([index, 1])
+            while counts[0][0] <= index - self.buckets:
+                counts.popleft()
+        if now - self._swept_at >= self.window_s:
+            self._sweep(index)
+            self._swept_at = now
+
+    def per_minute(self, now: float) -> dict[str, float]:
+        """Each model with arrivals in the window: its arrivals per minute."""
+        index = math.floor(now / self._bucket_s)
+        self._sweep(index)
+        scale = 60.0 / self.window_s
+        return {
+            model_id: scale * sum(n for i, n in counts if i > index - self.buckets)
+            for model_id, counts in self._counts.items()
+        }
+
+    def _sweep(self, index: int) -> None:
+        """Forget the models with no arrival in the window ending at bucket `index`."""
+        oldest = index - self.buckets
+        for model_id in [m for m, counts in self._counts.items() if counts[-1][0] <= oldest]:
+            del self._counts[model_id]

@@ -5,7 +5,8 @@ like in `router.view`, queueing in `router._admission`, a replica's failures in 
 breaker (`router.breaker`) and `router.load_failures`. The replicas' reports come in through
 `router._channel`, and one attempt at a replica is `router._forward`'s. This module translates
 HTTP into calls on them and back: read the model id, admit, forward, try another replica while
-a failure allows it within the retry budget, and answer errors as JSON.
+a failure allows it within the retry budget, and answer errors as JSON. The admin API
+(`/-/admin/...`) is `router._admin`'s.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from common.wire import (
     CHANNEL_PATH,
     REPORT_PATH,
 )
+from router._admin import AdminRoutes
 from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
 from router._body_model import MAX_PEEK_BYTES, BodyModel, ModelField
 from router._channel import ReportIntake
@@ -140,6 +142,14 @@ class RouterServer:
         self._session: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()
+        self.admin = AdminRoutes(
+            view=self.view,
+            policy=self.policy,
+            secret=secret,
+            clock=self.clock,
+            session=lambda: self._session,
+            prefetch=self._start_prefetch,
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.router.max_request_body_bytes)
@@ -148,6 +158,7 @@ class RouterServer:
         app.router.add_get("/-/metrics", self._metrics)
         app.router.add_get(CHANNEL_PATH, self.reports.channel)
         app.router.add_post(REPORT_PATH, self.reports.report)
+        self.admin.register(app)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         app.on_startup.append(self._start)
         app.on_shutdown.append(lambda _: self.reports.close())

@@ -5,10 +5,12 @@ changes only through a few methods — a report arrived (`apply_report`), a requ
 dispatched (`dispatch`) or finished (`finish`) — and one method for every way a replica leaves
 routing or the view: a connection to it was refused (`mark_down`), its report channel closed
 (`channel_closed`) or began carrying another replica's reports (`superseded`), it went quiet
-(`expire`), it stayed out long enough to be dropped (`forget_departed`) or left (`forget`). A
-report from it brings it back. Its circuit breaker (`router.breaker`) takes it out of routing
-after consecutive failed requests, whatever its reports say (`request_failed`), lets one probe
-through after a cool-down (`cool_down`) and closes on the probe's answer (`request_answered`).
+(`expire`), it stayed out long enough to be dropped (`forget_departed`) or left (`forget`), or
+an operator drained it (`drain`). A report from it brings it back. An operator's eviction of
+a model takes it out of the view at once (`evicted`); the replica stops reporting it. Its
+circuit breaker (`router.breaker`) takes it out of routing after consecutive failed requests,
+whatever its reports say (`request_failed`), lets one probe through after a cool-down
+(`cool_down`) and closes on the probe's answer (`request_answered`).
 The HTTP glue calls these and decides nothing. The view keeps these invariants:
 
 - `holders[m]` is exactly the set of replica ids whose `models` contain m (the index never
@@ -486,6 +488,30 @@ class ClusterView:
             self._replica_list = None
             for model_id in replica.models:
                 self._unindex(model_id, replica_id)
+
+    # -- an operator's requests -------------------------------------------------------------
+
+    def drain(self, replica_id: str) -> bool:
+        """An operator drains the replica: out of routing at once, as its own report of
+        draining would take it; False if the view does not know it."""
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return False
+        self.version += 1
+        replica.draining = True
+        self._refresh(replica)
+        return True
+
+    def evicted(self, replica_id: str, model_id: str) -> bool:
+        """An operator evicted `model_id` from the replica: it leaves the view at once (the
+        replica unloads it once its requests end, and reports it no more); True if the view
+        held it there. This router's requests for it still in flight finish as usual."""
+        replica = self.replicas.get(replica_id)
+        if replica is None or model_id not in replica.models:
+            return False
+        self.version += 1
+        self._drop(replica, model_id)
+        return True
 
     # -- the request path ------------------------------------------------------------------
 

@@ -3,11 +3,20 @@
     modelplex up [CONFIG]          run a router and its replicas in the foreground
     modelplex apply CONFIG         reconcile a running cluster to CONFIG (scale, roll out)
     modelplex status [CONFIG]      the router's view of the replicas, as a table or JSON
+    modelplex models               where each model is and how often it is asked for
+    modelplex preload MODEL        load a model on replicas (--copies N: until N hold it)
+    modelplex evict MODEL          evict a model (--replica R: from R only), after its requests
+    modelplex drain REPLICA        stop routing to a replica and have it drain
     modelplex router ARGS...       one router process (`python -m router`)
     modelplex replica ARGS...      one replica process (`python -m replica`)
 
+The admin verbs (models, preload, evict, drain) call the router's admin API (`/-/admin/`)
+with the cluster secret: `$MODELPLEX_SECRET` (or `$MODELPLEX_SECRET_FILE`), else, for the
+router of a launcher running here, the launcher's (asked on its control port). Their `--url`
+defaults to the one running launcher's router, as `modelplex status` finds it.
+
 Exit codes: 0 done, 1 failed (nothing running, not converged, unreachable), 2 invalid config
-or usage.
+or usage; 141 when stdout closed early (`modelplex models | head -1`), quietly.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ __all__ = ["default_config_path", "main"]
 POLL_INTERVAL_S = 0.5
 EXAMPLES_PACKAGE = "examples"
 DEFAULT_CONFIG_FILE = "default.yaml"
+BROKEN_PIPE_EXIT_CODE = 141  # as if killed by SIGPIPE, the shell's convention
+ADMIN_TIMEOUT_S = 60.0
 
 
 def default_config_path() -> Path:
@@ -58,7 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_server(args[0], args[1:])
     parsed = _parser().parse_args(args)
     command: Callable[[argparse.Namespace], int] = parsed.command
-    return command(parsed)
+    try:
+        code = command(parsed)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left: say nothing more, even at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT_CODE
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,6 +126,23 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="the router's URL, e.g. http://127.0.0.1:8000")
     status.add_argument("--json", action="store_true", help="print the raw /-/status JSON")
     status.set_defaults(command=_status)
+
+    models = commands.add_parser("models", help="where each model is, and its requests/min")
+    preload = commands.add_parser("preload", help="load a model on replicas before requests")
+    preload.add_argument("model", help="the model id")
+    preload.add_argument(
+        "--copies", type=int, default=1, metavar="N", help="until N replicas hold it (default 1)"
+    )
+    evict = commands.add_parser("evict", help="evict a model, once its requests are done")
+    evict.add_argument("model", help="the model id")
+    evict.add_argument("--replica", metavar="R", help="from replica R only (default: every one)")
+    drain = commands.add_parser("drain", help="stop routing to a replica and have it drain")
+    drain.add_argument("replica", help="the replica id")
+    verbs = {"models": models, "preload": preload, "evict": evict, "drain": drain}
+    for name, verb in verbs.items():
+        verb.add_argument("--url", help="the router's URL (default: the running launcher's)")
+        verb.add_argument("--json", action="store_true", help="print the router's JSON answer")
+        verb.set_defaults(command=_admin, command_name=name)
     return parser
 
 
@@ -337,3 +371,123 @@ async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
             code = f", last exit code {last['code']}" if last else ""
             lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
     return lines
+
+
+# -- the admin verbs ---------------------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace) -> int:
+    verb = args.command_name
+    launchers = running_launchers()
+    tls = TlsConfig()
+    if args.url:
+        url = args.url.rstrip("/")
+        launcher = next((i for i in launchers if i.router_url == url), None)
+    elif len(launchers) > 1:
+        urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
+        return _fail(f"{len(launchers)} clusters are running: {urls}; pass --url")
+    else:
+        launcher = launchers[0] if launchers else None
+        url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
+    if launcher is not None:
+        with contextlib.suppress(ConfigError):
+            tls = load_config(launcher.config_path).tls
+    try:
+        secret = load_secret()
+        context = client_context(tls, Side.ROUTER)
+    except ValueError as err:
+        return _fail(str(err), CONFIG_ERROR_EXIT_CODE)
+    method, path, body = _admin_request(args)
+    return asyncio.run(_admin_call(verb, url, method, path, body, args, launcher, secret, context))
+
+
+def _admin_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    verb = args.command_name
+    if verb == "models":
+        return "GET", "/-/admin/models", None
+    if verb == "preload":
+        return "POST", "/-/admin/preload", {"model": args.model, "copies": args.copies}
+    if verb == "evict":
+        body: dict[str, Any] = {"model": args.model}
+        if args.replica:
+            body["replica"] = args.replica
+        return "POST", "/-/admin/evict", body
+    return "POST", "/-/admin/drain", {"replica": args.replica}
+
+
+async def _admin_call(
+    verb: str,
+    url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    args: argparse.Namespace,
+    launcher: LauncherInfo | None,
+    secret: str | None,
+    context: ssl.SSLContext | None,
+) -> int:
+    if secret is None and launcher is not None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            status, answer = await control_request(launcher, "GET", "/secret", timeout_s=5.0)
+            if status == 200 and isinstance(answer.get("secret"), str):
+                secret = answer["secret"]
+    if secret is None:
+        return _fail("the admin API needs the cluster secret: set MODELPLEX_SECRET")
+    headers = {"Authorization": authorization_value(secret)}
+    timeout = aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=context or True), timeout=timeout
+            ) as session,
+            session.request(method, url + path, json=body, headers=headers) as response,
+        ):
+            status = response.status
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError) as err:
+        return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
+    except ValueError:
+        return _fail(f"{url}{path} did not answer JSON; is that a modelplex router?")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    if status == 401:
+        return _fail(f"{url} refused the cluster secret; set MODELPLEX_SECRET to this cluster's")
+    if status >= 300:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        return _fail(f"{verb}: {message or f'HTTP {status}'}")
+    if not args.json:
+        for line in _admin_lines(verb, answer):
+            print(line)
+    return 0
+
+
+def _admin_lines(verb: str, answer: dict[str, Any]) -> list[str]:
+    """The router's answer to an admin verb, for people."""
+    if verb == "models":
+        rows = [("MODEL", "REQ/MIN", "WAITING", "REPLICAS")]
+        for model in answer.get("models") or []:
+            copies = ", ".join(
+                f"{c['replica']} ({c['state']}, idle {c['idle_s']:.1f} s)"
+                for c in model["replicas"]
+            )
+            rate = f"{model['requests_per_minute']:g}"
+            rows.append((model["model"], rate, str(model["waiting"]), copies or "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        return [
+            "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
+            for row in rows
+        ]
+    if verb == "preload":
+        holding = ", ".join(answer["holding"]) or "none"
+        loading = ", ".join(answer["loading"]) or "nothing more to load"
+        return [f"{answer['model']}: loading on {loading}; already held by {holding}"]
+    if verb == "evict":
+        outcomes = answer.get("replicas") or {}
+        words = {"evicted": "evicted", "after_requests": "leaves after its requests"}
+        lines = [
+            f"{answer['model']} on {rid}: {words.get(outcome, 'not held')}"
+            for rid, outcome in sorted(outcomes.items())
+        ]
+        return lines or [f"{answer['model']}: no replica to evict it from"]
+    return [f"{answer['replica']}: {answer['state']}"]

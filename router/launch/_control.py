@@ -12,6 +12,12 @@ carrying `Authorization: Bearer <token>`:
 
     POST /apply  {"config": <dump_config data>, "source": path} -> the launcher's apply result
     GET  /state  -> generations, progress and every replica the launcher runs
+    GET  /secret -> {"secret": the cluster secret}, for the CLI's admin verbs (404 when the
+                    launcher offers none)
+
+Handing the cluster secret to a holder of the control token grants nothing new: the token
+already lets it reconfigure the cluster (`/apply`), and both stay with this user (0600 files,
+loopback). The CLI asks only to talk to this launcher's own router, and keeps it in memory.
 
 Invariants:
 - Directories are created 0700 and must belong to the user; files are written 0600 and appear
@@ -59,6 +65,7 @@ LOCK_FILE = "lock"
 
 ApplyHandler = Callable[[ClusterConfig], Awaitable[dict[str, Any]]]
 StateHandler = Callable[[], dict[str, Any]]
+SecretHandler = Callable[[], str]
 
 
 class LauncherRunning(RuntimeError):
@@ -262,17 +269,22 @@ async def control_request(
 class ControlServer:
     """The launcher's control port: translates HTTP to `apply` and `state` calls and back."""
 
-    def __init__(self, *, apply: ApplyHandler, state: StateHandler) -> None:
+    def __init__(
+        self, *, apply: ApplyHandler, state: StateHandler, secret: SecretHandler | None = None
+    ) -> None:
+        """`secret`: the cluster secret, for `GET /secret` (None: not offered)."""
         self.token = generate_secret()
         self.url = ""
         self._apply = apply
         self._state = state
+        self._secret = secret
         self._serving = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._auth])
         app.router.add_post("/apply", self._handle_apply)
         app.router.add_get("/state", self._handle_state)
+        app.router.add_get("/secret", self._handle_secret)
         port = await self._serving.enter_async_context(listening(app, "127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{port}"
 
@@ -305,3 +317,8 @@ class ControlServer:
 
     async def _handle_state(self, request: web.Request) -> web.Response:
         return web.json_response(self._state())
+
+    async def _handle_secret(self, request: web.Request) -> web.Response:
+        if self._secret is None:
+            return error_response(404, "not_offered", "this launcher does not hand out its secret")
+        return web.json_response({"secret": self._secret()})

@@ -8,7 +8,14 @@ from typing import ClassVar
 import pytest
 
 from replica import ModelSlotTimeout, request_context
-from replica._cache import UNLIMITED, CacheClosed, CacheEvent, CacheEventKind, ModelCache
+from replica._cache import (
+    UNLIMITED,
+    CacheClosed,
+    CacheEvent,
+    CacheEventKind,
+    Eviction,
+    ModelCache,
+)
 
 from polling import until
 
@@ -557,3 +564,54 @@ async def test_a_failed_load_is_remembered_with_its_message_until_the_model_load
     loader.fail.clear()
     await cache.get("bad")
     assert cache.recent_failures(now[0]) == []  # it loaded since
+
+
+async def test_evict_unloads_a_free_model_at_once() -> None:
+    events: list[CacheEvent] = []
+    cache = ModelCache(Loader(), capacity=2)
+    cache.add_listener(events.append)
+    await cache.get("a")
+    assert await cache.evict("a") is Eviction.EVICTED
+    assert resident(cache) == []
+    assert cache.metrics.unloads == 1
+    assert events[-1] == CacheEvent(CacheEventKind.EVICTED, "a")
+    assert await cache.evict("a") is Eviction.ABSENT
+
+
+async def test_evict_waits_for_the_requests_using_the_model() -> None:
+    loader = Loader()
+    cache = ModelCache(loader, capacity=2)
+    release = asyncio.Event()
+
+    async def request() -> None:
+        with request_context("a"):
+            await cache.get("a")
+            await release.wait()
+
+    running = asyncio.create_task(request())
+    await until(lambda: resident(cache) == ["a"])
+    assert await cache.evict("a") is Eviction.AFTER_REQUESTS
+    assert cache.is_evicting("a")
+    assert await cache.get("a") is not None  # new gets still use it until it is free
+    assert resident(cache) == []  # but it is no longer reported
+    assert cache.holds("a")
+    release.set()
+    await running
+    await until(lambda: cache.metrics.unloads == 1)
+    assert resident(cache) == []
+    assert loader.calls == ["a"]
+    await cache.get("a")  # a later get loads it afresh
+    assert loader.calls == ["a", "a"]
+
+
+async def test_evict_during_a_load_drops_the_model_once_loaded() -> None:
+    loader = Loader()
+    loader.gate = asyncio.Event()
+    cache = ModelCache(loader, capacity=2)
+    pending = asyncio.create_task(cache.get("a"))  # outside a request: no pin once loaded
+    await until(lambda: loader.calls == ["a"])
+    assert await cache.evict("a") is Eviction.AFTER_REQUESTS
+    loader.gate.set()
+    assert (await pending).model_id == "a"
+    await until(lambda: cache.metrics.unloads == 1)
+    assert len(cache) == 0

@@ -249,3 +249,45 @@ def test_any_interleaving_keeps_the_invariants(
     assert len(driver.core) <= driver.core.capacity
     assert driver.core.state().loading == ()
     assert driver.core.turns_held == 0
+
+
+def test_a_free_model_marked_for_eviction_leaves_at_once() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a")
+    assert core.mark_evicting("a") is True
+    assert not core.holds("a")
+    assert core.mark_evicting("a") is None  # not held
+
+
+def test_a_pinned_model_marked_for_eviction_leaves_with_its_last_pin() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a")
+    core.acquire("a", 1.0)
+    assert core.mark_evicting("a") is False
+    assert core.acquire("a", 2.0).kind is Acquisition.RESIDENT  # still served meanwhile
+    assert core.state().models == ()  # but no longer reported
+    core.release("a")
+    assert not core.evict_due("a")  # one request still holds it
+    assert core.is_evicting("a")
+    core.release("a")
+    assert core.evict_due("a")
+    assert not core.holds("a")
+    assert not core.evict_due("a")
+
+
+def test_a_loading_model_marked_for_eviction_leaves_once_loaded_and_released() -> None:
+    core = CacheCore(capacity=2)
+    core.acquire("a", 0.0)
+    assert core.mark_evicting("a") is False
+    core.loaded("a")
+    assert not core.evict_due("a")  # the get that loaded it still pins it
+    core.release("a")
+    assert core.evict_due("a")
+    assert len(core) == 0
+
+
+def test_an_unmarked_model_is_never_due() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a")
+    assert not core.evict_due("a")
+    assert core.holds("a")

@@ -739,3 +739,65 @@ async def test_a_failed_load_is_a_500_that_says_so_and_is_reported(
     assert [(f.model_id, f.message) for f in failures] == [
         ("broken-1", "FileNotFoundError: no weights for broken-1")
     ]
+
+
+# -- /-/evict and /-/drain: an operator's requests, through a router's admin API -----------
+
+
+async def evict(replica: Replica, model_id: str, **extra: str) -> tuple[int, Any]:
+    headers = {MODEL: model_id, **ADMIN, **extra}
+    async with replica.client.post("/-/evict", headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_evict_drops_a_free_model_at_once_and_reports_it(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("a") as resp:
+        assert resp.status == 200
+    assert await evict(replica, "a") == (
+        200,
+        {"model": "a", "caches": {"Echo.load_model": "evicted"}},
+    )
+    assert replica.resident() == []
+    assert replica.deployment.cleaned == ["a"]
+    assert await evict(replica, "a") == (200, {"model": "a", "caches": {}})
+
+
+async def test_evict_waits_for_the_request_using_the_model(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("a", kind="stream", chunks="2") as streaming:
+        assert await streaming.content.readexactly(8) == b"chunk-0;"
+        status, body = await evict(replica, "a")
+        assert (status, body["caches"]) == (200, {"Echo.load_model": "after_requests"})
+        assert replica.resident() == []  # no longer reported, though its request goes on
+        replica.deployment.steps.put_nowait(None)
+        assert await streaming.read() == b"chunk-1;"
+    await until(lambda: replica.resident() == [], "the model to leave after its request")
+    await until(lambda: replica.deployment.cleaned == ["a"], "its cleanup")
+
+
+async def test_evict_and_drain_need_the_cluster_secret(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("a") as resp:
+        assert resp.status == 200
+    for path in ("/-/evict", "/-/drain"):
+        async with replica.client.post(path, headers={MODEL: "a", **ROUTER}) as resp:
+            assert resp.status == 401
+    assert replica.resident() == [("a", 0)]
+    assert not replica.server.draining
+
+
+async def test_a_drain_request_starts_the_drain(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("a") as resp:
+        assert resp.status == 200
+    async with replica.client.post("/-/drain", headers=ADMIN) as resp:
+        assert resp.status == 202
+        assert await resp.json() == {"draining": "replica-test"}
+    await until(lambda: replica.deployment.cleaned == ["a"], "the drain to clean up")
+    assert replica.server.draining
+    async with replica.client.post("/-/drain", headers=ADMIN) as resp:
+        assert resp.status == 202  # idempotent
+    await asyncio.wait_for(replica.server.drain(), 5)  # the same drain, already over

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.wire import ReplicaSnapshot
-from router.demand import Demand
+from router.demand import ArrivalRate, Demand
 from router.view import ClusterView
 
 
@@ -189,3 +189,57 @@ def test_a_report_feeds_the_replicas_load_time_to_the_estimate() -> None:
     )
     view.apply_report(report, 0.0)
     assert demand.load_s == pytest.approx(3.0)
+
+
+# -- requests per minute ---------------------------------------------------------------------
+
+
+def test_no_rates_without_a_clock() -> None:
+    demand = Demand()
+    arrive(demand, "a")
+    assert demand.per_minute(0.0) == {}
+
+
+def test_rates_count_the_last_minute_of_arrivals() -> None:
+    now = [0.0]
+    demand = Demand()
+    demand.track_rates(lambda: now[0])
+    arrive(demand, "a", 30)
+    now[0] = 25.0
+    arrive(demand, "b", 2)
+    arrive(demand, "a", 10)
+    assert demand.per_minute(30.0) == {"a": 40.0, "b": 2.0}
+    assert demand.per_minute(65.0) == {"a": 10.0, "b": 2.0}  # the first bucket left the window
+    assert demand.per_minute(200.0) == {}  # all forgotten
+
+
+def test_rates_scale_a_shorter_window_to_a_minute() -> None:
+    rate = ArrivalRate(window_s=10.0, buckets=2)
+    for t in (0.0, 1.0, 6.0):
+        rate.arrived("m", t)
+    assert rate.per_minute(7.0) == {"m": 18.0}
+    assert rate.per_minute(12.0) == {"m": 6.0}
+
+
+def test_rate_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        ArrivalRate(window_s=0.0)
+    with pytest.raises(ValueError, match="buckets"):
+        ArrivalRate(buckets=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.floats(0.0, 300.0, allow_nan=False)), max_size=60)
+)
+def test_a_rate_never_exceeds_the_arrivals_in_its_buckets(
+    arrivals: list[tuple[str, float]],
+) -> None:
+    rate = ArrivalRate()
+    arrivals.sort(key=lambda a: a[1])
+    for model_id, t in arrivals:
+        rate.arrived(model_id, t)
+    now = arrivals[-1][1] if arrivals else 0.0
+    for model_id, per_minute in rate.per_minute(now).items():
+        recent = sum(1 for m, t in arrivals if m == model_id and t > now - 70.0)
+        assert 0 < per_minute <= recent

@@ -725,6 +725,21 @@ class ViewMachine(RuleBasedStateMachine):
         self.replica_in_flight.pop(rid, None)
         self._forget_models_of(rid)
 
+    @rule(rid=st.sampled_from(REPLICA_IDS))
+    def drain(self, rid: str) -> None:
+        assert self.view.drain(rid) is (rid in self.view.replicas)
+        if rid in self.view.replicas:
+            assert not self.view.replicas[rid].routable
+
+    @rule(rid=st.sampled_from(REPLICA_IDS), model_id=st.sampled_from(MODEL_IDS))
+    def evicted(self, rid: str, model_id: str) -> None:
+        replica = self.view.replicas.get(rid)
+        held = replica is not None and model_id in replica.models
+        assert self.view.evicted(rid, model_id) is held
+        if replica is not None:
+            assert model_id not in replica.models
+        self.model_in_flight.pop((rid, model_id), None)
+
     @invariant()
     def index_matches_the_replicas(self) -> None:
         assert self.view.holders == expected_index(self.view)
@@ -846,3 +861,37 @@ def test_an_overdue_load_is_due_now_and_frees_its_loader_now() -> None:
     done, start_next = view.replicas["r1"].load_schedule(NOW + 5.0, load_s=1.0)
     assert done == {"a": NOW + 5.0}
     assert start_next == NOW + 5.0
+
+
+# -- an operator's requests ----------------------------------------------------------------
+
+
+def test_an_operators_drain_takes_the_replica_out_of_routing_at_once() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"]), now=0.0)
+    view.apply_report(snapshot("r2", ["a"]), now=0.0)
+    assert view.drain("r1") is True
+    replica = view.replicas["r1"]
+    assert replica.status is ReplicaStatus.DRAINING
+    assert view.routable_ids == {"r2"}
+    assert "r1" not in view.free
+    assert "r1" not in view.with_room
+    assert view.holders["a"] == {"r1", "r2"}  # it still holds its models while it drains
+    assert view.drain("gone") is False
+    view.apply_report(snapshot("r1", ["a"], sequence=2, draining=True), now=1.0)
+    assert view.channel_closed("r1", "inc-1") is ChannelClosed.LEFT
+
+
+def test_an_evicted_model_leaves_the_view_at_once() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a", "b"]), now=0.0)
+    view.dispatch("r1", "a", now=1.0)
+    assert view.evicted("r1", "a") is True
+    assert held(view, "r1") == {"b"}
+    assert "a" not in view.holders
+    assert view.evicted("r1", "a") is False
+    assert view.evicted("gone", "b") is False
+    view.finish("r1", "a", now=2.0)  # its request in flight ends as usual
+    assert view.in_flight == 0
+    view.apply_report(snapshot("r1", ["b"], sequence=2), now=3.0)  # the replica confirms
+    assert held(view, "r1") == {"b"}
