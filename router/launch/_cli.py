@@ -40,10 +40,11 @@ from common.auth import authorization_value, load_secret
 from common.config import ClusterConfig, ConfigError, TlsConfig, dump_config, load_config
 from common.status import RouterStatusDocument
 from common.tls import Side, client_context, scheme
+from router.launch._admin_cli import run_admin_verb
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
 from router.launch._launcher import run_launcher
-from router.launch._text import format_status, status_document
+from router.launch._text import fail, format_status, status_document
 
 __all__ = ["default_config_path", "main"]
 
@@ -51,7 +52,6 @@ POLL_INTERVAL_S = 0.5
 EXAMPLES_PACKAGE = "examples"
 DEFAULT_CONFIG_FILE = "default.yaml"
 BROKEN_PIPE_EXIT_CODE = 141  # as if killed by SIGPIPE, the shell's convention
-ADMIN_TIMEOUT_S = 60.0
 
 
 def default_config_path() -> Path:
@@ -142,18 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, verb in verbs.items():
         verb.add_argument("--url", help="the router's URL (default: the running launcher's)")
         verb.add_argument("--json", action="store_true", help="print the router's JSON answer")
-        verb.set_defaults(command=_admin, command_name=name)
+        verb.set_defaults(command=run_admin_verb, command_name=name)
     return parser
 
 
 def _run_server(name: str, argv: list[str]) -> NoReturn:
     """Become `python -m router|replica ARGS...`: the servers are programs of their own."""
     os.execv(sys.executable, [sys.executable, "-m", name, *argv])
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"modelplex: {message}", file=sys.stderr)
-    return code
 
 
 def _load(path: str) -> ClusterConfig | None:
@@ -164,7 +159,7 @@ def _load(path: str) -> ClusterConfig | None:
         message = str(err)
         if not message.startswith(f"{path}:"):
             message = f"{path}: {message}"
-        _fail(message)
+        fail(message)
         return None
 
 
@@ -192,14 +187,14 @@ def _apply(args: argparse.Namespace) -> int:
     info = find_launcher(port=port, config_path=None if args.port else args.config)
     if info is None:
         where = f"serves router port {port} or " if port else ""
-        return _fail(
+        return fail(
             f"no running launcher {where}was started from {args.config}; "
             f"start one with: modelplex up {args.config}"
         )
     try:
         return asyncio.run(_apply_to(info, config, args, source=str(Path(args.config).resolve())))
     except (aiohttp.ClientError, TimeoutError) as err:
-        return _fail(f"cannot reach the launcher (pid {info.pid}) at {info.control_url}: {err}")
+        return fail(f"cannot reach the launcher (pid {info.pid}) at {info.control_url}: {err}")
 
 
 async def _apply_to(
@@ -210,7 +205,7 @@ async def _apply_to(
     if status != 200:
         error = result.get("error") or {}
         code = CONFIG_ERROR_EXIT_CODE if error.get("code") == "invalid_config" else 1
-        return _fail(f"{args.config}: {error.get('message', f'HTTP {status}')}", code)
+        return fail(f"{args.config}: {error.get('message', f'HTTP {status}')}", code)
     generation = int(result["generation"])
     print(f"generation {generation} on {info.router_url}: {result['plan']['summary']}")
     for note in result.get("notes") or []:
@@ -245,8 +240,8 @@ async def _wait_converged(info: LauncherInfo, generation: int, *, timeout_s: flo
             for replica in broken:
                 tail = replica["last_exit"].get("stderr_tail") or []
                 lines = "".join(f"\n    {line}" for line in tail[-15:])
-                _fail(f"{replica['replica_id']} cannot start (exit code 2):{lines}")
-            return _fail(
+                fail(f"{replica['replica_id']} cannot start (exit code 2):{lines}")
+            return fail(
                 "the replicas of the previous config keep serving; "
                 "fix the config and apply it again"
             )
@@ -255,7 +250,7 @@ async def _wait_converged(info: LauncherInfo, generation: int, *, timeout_s: flo
             print(f"  {progress}", flush=True)
             shown = progress
         if loop.time() > deadline:
-            return _fail(
+            return fail(
                 f"not converged after {timeout_s:g} s (the launcher keeps trying); "
                 f"see: modelplex status {state.get('config_path', '')}"
             )
@@ -290,7 +285,7 @@ def _status(args: argparse.Namespace) -> int:
         if launcher is not None:
             url = launcher.router_url
         elif config.router.port == 0:
-            return _fail(f"no running launcher for {args.config} (router.port 0); pass --url")
+            return fail(f"no running launcher for {args.config} (router.port 0); pass --url")
         else:
             router_scheme = scheme(config.tls, Side.ROUTER)
             url = reachable_url(f"{router_scheme}://{config.router.host}:{config.router.port}")
@@ -298,7 +293,7 @@ def _status(args: argparse.Namespace) -> int:
         launchers = running_launchers()
         if len(launchers) > 1:
             urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
-            return _fail(f"{len(launchers)} clusters are running: {urls}; pass CONFIG or --url")
+            return fail(f"{len(launchers)} clusters are running: {urls}; pass CONFIG or --url")
         launcher = launchers[0] if launchers else None
         url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
         if launcher is not None:
@@ -307,7 +302,7 @@ def _status(args: argparse.Namespace) -> int:
     try:
         context = client_context(tls, Side.ROUTER)
     except ValueError as err:  # a TLS file changed since the config was read
-        return _fail(str(err), CONFIG_ERROR_EXIT_CODE)
+        return fail(str(err), CONFIG_ERROR_EXIT_CODE)
     return asyncio.run(_show_status(url, launcher, context, as_json=args.json))
 
 
@@ -337,15 +332,15 @@ async def _show_status(
     try:
         code, document = await _fetch_status(url, context)
     except (aiohttp.ClientError, TimeoutError) as err:
-        return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
+        return fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
     except ValueError:
-        return _fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
+        return fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
     if document is None and code == 200:
-        return _fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
+        return fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
     if code == 401:
-        return _fail(f"{url} listens beyond loopback: set MODELPLEX_SECRET to the cluster secret")
+        return fail(f"{url} listens beyond loopback: set MODELPLEX_SECRET to the cluster secret")
     if document is None:
-        return _fail(f"{url}/-/status answered HTTP {code}")
+        return fail(f"{url}/-/status answered HTTP {code}")
     if as_json:
         print(json.dumps(document, indent=2))
         return 0
@@ -371,123 +366,3 @@ async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
             code = f", last exit code {last['code']}" if last else ""
             lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
     return lines
-
-
-# -- the admin verbs ---------------------------------------------------------------------------
-
-
-def _admin(args: argparse.Namespace) -> int:
-    verb = args.command_name
-    launchers = running_launchers()
-    tls = TlsConfig()
-    if args.url:
-        url = args.url.rstrip("/")
-        launcher = next((i for i in launchers if i.router_url == url), None)
-    elif len(launchers) > 1:
-        urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
-        return _fail(f"{len(launchers)} clusters are running: {urls}; pass --url")
-    else:
-        launcher = launchers[0] if launchers else None
-        url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
-    if launcher is not None:
-        with contextlib.suppress(ConfigError):
-            tls = load_config(launcher.config_path).tls
-    try:
-        secret = load_secret()
-        context = client_context(tls, Side.ROUTER)
-    except ValueError as err:
-        return _fail(str(err), CONFIG_ERROR_EXIT_CODE)
-    method, path, body = _admin_request(args)
-    return asyncio.run(_admin_call(verb, url, method, path, body, args, launcher, secret, context))
-
-
-def _admin_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
-    verb = args.command_name
-    if verb == "models":
-        return "GET", "/-/admin/models", None
-    if verb == "preload":
-        return "POST", "/-/admin/preload", {"model": args.model, "copies": args.copies}
-    if verb == "evict":
-        body: dict[str, Any] = {"model": args.model}
-        if args.replica:
-            body["replica"] = args.replica
-        return "POST", "/-/admin/evict", body
-    return "POST", "/-/admin/drain", {"replica": args.replica}
-
-
-async def _admin_call(
-    verb: str,
-    url: str,
-    method: str,
-    path: str,
-    body: dict[str, Any] | None,
-    args: argparse.Namespace,
-    launcher: LauncherInfo | None,
-    secret: str | None,
-    context: ssl.SSLContext | None,
-) -> int:
-    if secret is None and launcher is not None:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-            status, answer = await control_request(launcher, "GET", "/secret", timeout_s=5.0)
-            if status == 200 and isinstance(answer.get("secret"), str):
-                secret = answer["secret"]
-    if secret is None:
-        return _fail("the admin API needs the cluster secret: set MODELPLEX_SECRET")
-    headers = {"Authorization": authorization_value(secret)}
-    timeout = aiohttp.ClientTimeout(total=ADMIN_TIMEOUT_S)
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=context or True), timeout=timeout
-            ) as session,
-            session.request(method, url + path, json=body, headers=headers) as response,
-        ):
-            status = response.status
-            answer = await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError) as err:
-        return _fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
-    except ValueError:
-        return _fail(f"{url}{path} did not answer JSON; is that a modelplex router?")
-    if args.json:
-        print(json.dumps(answer, indent=2))
-    if status == 401:
-        return _fail(f"{url} refused the cluster secret; set MODELPLEX_SECRET to this cluster's")
-    if status >= 300:
-        error = answer.get("error") if isinstance(answer, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        return _fail(f"{verb}: {message or f'HTTP {status}'}")
-    if not args.json:
-        for line in _admin_lines(verb, answer):
-            print(line)
-    return 0
-
-
-def _admin_lines(verb: str, answer: dict[str, Any]) -> list[str]:
-    """The router's answer to an admin verb, for people."""
-    if verb == "models":
-        rows = [("MODEL", "REQ/MIN", "WAITING", "REPLICAS")]
-        for model in answer.get("models") or []:
-            copies = ", ".join(
-                f"{c['replica']} ({c['state']}, idle {c['idle_s']:.1f} s)"
-                for c in model["replicas"]
-            )
-            rate = f"{model['requests_per_minute']:g}"
-            rows.append((model["model"], rate, str(model["waiting"]), copies or "-"))
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return [
-            "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[3]])
-            for row in rows
-        ]
-    if verb == "preload":
-        holding = ", ".join(answer["holding"]) or "none"
-        loading = ", ".join(answer["loading"]) or "nothing more to load"
-        return [f"{answer['model']}: loading on {loading}; already held by {holding}"]
-    if verb == "evict":
-        outcomes = answer.get("replicas") or {}
-        words = {"evicted": "evicted", "after_requests": "leaves after its requests"}
-        lines = [
-            f"{answer['model']} on {rid}: {words.get(outcome, 'not held')}"
-            for rid, outcome in sorted(outcomes.items())
-        ]
-        return lines or [f"{answer['model']}: no replica to evict it from"]
-    return [f"{answer['replica']}: {answer['state']}"]

@@ -141,7 +141,9 @@ class Launcher:
         assert self._router is not None
         self._router.argv = self._router_argv()
         replicas.router_url = self.router_url
-        self._control = ControlServer(apply=self.apply, state=self.state)
+        self._control = ControlServer(
+            apply=self.apply, state=self.state, secret=lambda: self._env[SECRET_ENV]
+        )
         await self._control.start()
         runtime.write_info(
             LauncherInfo(

@@ -6,6 +6,7 @@ checked once by `status_document` where decoded JSON comes in) and the config: n
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import cast
 from common.config import ClusterConfig
 from common.status import ReplicaStatusDocument, RouterStatusDocument
 
-__all__ = ["banner", "format_status", "healthy_replicas", "status_document"]
+__all__ = [
+    "banner",
+    "fail",
+    "format_status",
+    "healthy_replicas",
+    "status_document",
+]
 
 TENANTS_IMPORT_PATH = "examples.tenants:TenantModels"
 
@@ -123,3 +130,9 @@ def format_status(status: RouterStatusDocument) -> str:
             f"{failure['age_s']:.0f} s ago: {_cell(failure['message'])}"
         )
     return "\n".join(lines)
+
+
+def fail(message: str, code: int = 1) -> int:
+    """Say what went wrong on stderr, as `modelplex: ...`; return the exit code."""
+    print(f"modelplex: {message}", file=sys.stderr)
+    return code

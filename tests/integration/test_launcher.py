@@ -2,6 +2,7 @@
 and the bundled example deployment answering."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -244,3 +245,31 @@ async def test_the_bundled_example_answers_predictions(tmp_path: Path) -> None:
         assert "tenant-01" in status.stdout
     finally:
         assert launcher.stop() == 0
+
+
+async def test_an_admin_verb_gets_the_secret_from_its_launcher(launcher_factory: Any) -> None:
+    launcher = launcher_factory(num_replicas=1)
+    await asyncio.to_thread(wait_for, lambda: len(launcher.healthy_ids()) == 1, 60, "1 up")
+    environment = env()
+    environment.pop("MODELPLEX_SECRET", None)
+    environment.pop("MODELPLEX_SECRET_FILE", None)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "router.launch",
+            "preload",
+            "warm-me",
+            "--json",
+            "--url",
+            launcher.url,
+        ],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == "warm-me"

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common.auth import authorization_value, is_authorized
 from common.serving import listening
-from router.launch._cli import _admin_call
+from router.launch._admin_cli import _admin_call
 from router.launch._control import ControlServer, LauncherInfo, control_request
 
 
