@@ -29,6 +29,7 @@ import json
 import os
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -45,12 +46,14 @@ from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
 from router.launch._launcher import run_launcher
 from router.launch._text import fail, format_status, status_document
+from router.launch._watch import Sample, parse_duration_buckets, rates_line
 
 __all__ = ["default_config_path", "main"]
 
 POLL_INTERVAL_S = 0.5
 EXAMPLES_PACKAGE = "examples"
 DEFAULT_CONFIG_FILE = "default.yaml"
+_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: redraw in place
 BROKEN_PIPE_EXIT_CODE = 141  # as if killed by SIGPIPE, the shell's convention
 
 
@@ -125,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("config", nargs="?", help="cluster YAML (finds its running router)")
     status.add_argument("--url", help="the router's URL, e.g. http://127.0.0.1:8000")
     status.add_argument("--json", action="store_true", help="print the raw /-/status JSON")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=1.0,
+        metavar="S",
+        help="refresh in place every S seconds (default 1) with rates, hit ratio and p99",
+    )
     status.set_defaults(command=_status)
 
     models = commands.add_parser("models", help="where each model is, and its requests/min")
@@ -303,6 +314,13 @@ def _status(args: argparse.Namespace) -> int:
         context = client_context(tls, Side.ROUTER)
     except ValueError as err:  # a TLS file changed since the config was read
         return fail(str(err), CONFIG_ERROR_EXIT_CODE)
+    if args.watch is not None:
+        if args.watch <= 0:
+            return fail("--watch takes a number of seconds > 0")
+        try:
+            return asyncio.run(_watch_status(url, context, interval_s=args.watch))
+        except KeyboardInterrupt:
+            return 0
     return asyncio.run(_show_status(url, launcher, context, as_json=args.json))
 
 
@@ -349,6 +367,37 @@ async def _show_status(
         for line in await _launcher_lines(launcher):
             print(line)
     return 0
+
+
+async def _watch_status(url: str, context: ssl.SSLContext | None, *, interval_s: float) -> int:
+    """Redraw the status every `interval_s`, with the rates since the previous look, until
+    Ctrl-C; a router that does not answer is said so, and the watch goes on."""
+    secret = load_secret()
+    headers = {"Authorization": authorization_value(secret)} if secret else {}
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    previous: Sample | None = None
+    connector = aiohttp.TCPConnector(ssl=context or True)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        while True:
+            lines: list[str]
+            try:
+                async with session.get(f"{url}/-/status", headers=headers) as response:
+                    document = status_document(await response.json(content_type=None))
+                async with session.get(f"{url}/-/metrics", headers=headers) as response:
+                    buckets = parse_duration_buckets(await response.text())
+                if document is None:
+                    raise ValueError(f"{url}/-/status is not a router's status")
+                sample = Sample(time.monotonic(), dict(document["router"]["counters"]), buckets)
+                lines = [format_status(document)]
+                if previous is not None:
+                    lines.append(rates_line(previous, sample))
+                previous = sample
+            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+                lines = [f"cannot read {url}: {err}; trying again every {interval_s:g} s"]
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{_CLEAR}modelplex status --watch {url}  {stamp}  (Ctrl-C ends)", flush=False)
+            print("\n".join(lines), flush=True)
+            await asyncio.sleep(interval_s)
 
 
 async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
