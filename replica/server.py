@@ -294,6 +294,16 @@ class ReplicaServer:
         secret = self._secret
         return secret is not None and is_authorized(request.headers.get("Authorization"), secret)
 
+    def _operator_model_id(self, request: web.Request) -> str | web.StreamResponse:
+        """The model id of a request from the router or an operator (`/-/load`, `/-/evict`),
+        or the answer refusing it: 401 without the cluster secret, 400 for a bad id."""
+        if not self._has_secret(request):
+            return self._unauthorized()
+        try:
+            return model_id_from_headers(request.headers)
+        except InvalidModelId as error:
+            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+
     def _unauthorized(self) -> web.StreamResponse:
         return self._stamped(error_response(401, "unauthorized", "the cluster secret is required"))
 
@@ -329,12 +339,9 @@ class ReplicaServer:
         503 `cannot_load` if no slot freed in time or the replica drains; 500 `load_failed` if
         a loader failed. Loading pins the model only until its load is done.
         """
-        if not self._has_secret(request):
-            return self._unauthorized()
-        try:
-            model_id = model_id_from_headers(request.headers)
-        except InvalidModelId as error:
-            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+        model_id = self._operator_model_id(request)
+        if not isinstance(model_id, str):
+            return model_id
         if not model_id or not runtime.caches():
             message = "a model id and a deployment with a @multiplexed loader are required"
             return self._stamped(error_response(400, "nothing_to_load", message))
@@ -373,12 +380,9 @@ class ReplicaServer:
         cache. 200 `{"model": id, "caches": {name: "evicted" | "after_requests"}}`, naming
         the caches that held it (none: `{}`); 404 `unknown_cache`.
         """
-        if not self._has_secret(request):
-            return self._unauthorized()
-        try:
-            model_id = model_id_from_headers(request.headers)
-        except InvalidModelId as error:
-            return self._stamped(error_response(400, "invalid_model_id", str(error)))
+        model_id = self._operator_model_id(request)
+        if not isinstance(model_id, str):
+            return model_id
         if not model_id:
             return self._stamped(error_response(400, "nothing_to_evict", "a model id is required"))
         name = request.headers.get(CACHE_HEADER, "")
