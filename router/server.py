@@ -33,6 +33,7 @@ from common.wire import (
 )
 from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
 from router._channel import ReportIntake
+from router._dashboard import dashboard_handler
 from router._forward import Forwarder, Retry, error_message
 from router._http import request_headers
 from router._status import metrics_text, status_document
@@ -118,6 +119,7 @@ class RouterServer:
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
+        app.router.add_get("/-/dashboard", dashboard_handler(self._locked))
         app.router.add_get(CHANNEL_PATH, self.reports.channel)
         app.router.add_post(REPORT_PATH, self.reports.report)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
