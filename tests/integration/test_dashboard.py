@@ -93,11 +93,12 @@ async def browser_page(binary: str, profile: Path) -> AsyncIterator[Page]:
     ]
     if os.geteuid() == 0:
         argv.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    port_file = profile / "DevToolsActivePort"
+    port_file.unlink(missing_ok=True)  # a profile used before holds its last browser's port
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        port_file = profile / "DevToolsActivePort"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DEADLINE_S
         while not (port_file.exists() and port_file.read_text().strip()):
