@@ -43,6 +43,7 @@ from router._admin import AdminRoutes
 from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
 from router._body_model import MAX_PEEK_BYTES, BodyModel, ModelField
 from router._channel import ReportIntake
+from router._dashboard import dashboard_handler
 from router._forward import Body, Forwarder, PrefixedStream, Retry, error_message
 from router._http import request_headers
 from router._status import metrics_text, status_document
@@ -156,6 +157,7 @@ class RouterServer:
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
+        app.router.add_get("/-/dashboard", dashboard_handler(self._locked))
         app.router.add_get(CHANNEL_PATH, self.reports.channel)
         app.router.add_post(REPORT_PATH, self.reports.report)
         self.admin.register(app)
