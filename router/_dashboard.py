@@ -1,9 +1,10 @@
 """`GET /-/dashboard`: the router's live dashboard, one self-contained page.
 
 The page (`router/dashboard.html`, package data) holds no data of its own: it polls `/-/status`
-from the browser and computes rates and history there. It is served under the same lock as
-`/-/status` (`locked`, the server's rule), and on a public router the page reads the secret from
-its URL fragment (`/-/dashboard#token=SECRET`) to send as `Authorization: Bearer`.
+and `/-/metrics` from the browser and computes rates and history there. So the page itself is
+served to anyone, while what it shows stays behind the same lock as `/-/status`: on a public
+router the page reads the secret from its URL fragment (`/-/dashboard#token=SECRET`, which a
+browser never sends to the server) and sends it as `Authorization: Bearer` on its polls.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ from aiohttp import web
 
 __all__ = ["dashboard_handler"]
 
-Lock = Callable[[web.Request], web.Response | None]
-"""The server's admin rule: a refusal for `request`, or None to serve it."""
-
 
 @cache
 def _page() -> bytes:
     return files("router").joinpath("dashboard.html").read_bytes()
 
 
-def dashboard_handler(locked: Lock) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """A handler serving the dashboard page to requests that `locked` lets through."""
+def dashboard_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler serving the dashboard page (no data: the data's fetches are locked)."""
 
     async def dashboard(request: web.Request) -> web.Response:
-        return locked(request) or web.Response(
+        return web.Response(
             body=_page(),
             content_type="text/html",
             charset="utf-8",

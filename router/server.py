@@ -157,7 +157,7 @@ class RouterServer:
         app.router.add_get("/-/healthz", self._healthz)
         app.router.add_get("/-/status", self._status)
         app.router.add_get("/-/metrics", self._metrics)
-        app.router.add_get("/-/dashboard", dashboard_handler(self._locked))
+        app.router.add_get("/-/dashboard", dashboard_handler())
         app.router.add_get(CHANNEL_PATH, self.reports.channel)
         app.router.add_post(REPORT_PATH, self.reports.report)
         self.admin.register(app)
