@@ -60,9 +60,7 @@ logger = logging.getLogger("modelplex.router")
 
 _MAX_ATTEMPTS = 4
 _LOGGED_PATH_CHARS = 200
-_SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
 _MAX_BREAKER_COOLDOWN_S = 30.0
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
 
 
 def _refused(
@@ -394,7 +392,7 @@ class RouterServer:
                         prefetch.model_id,
                         message,
                     )
-                    if answer.status == 500:  # the loader failed: remember it like a request's
+                    if error_message(body, "code") == "load_failed":  # the loader raised
                         self.view.load_failures.record(
                             prefetch.model_id, replica.replica_id, message, self.clock()
                         )
