@@ -40,6 +40,7 @@ __all__ = ["Body", "Forwarder", "PrefixedStream", "Retry", "error_message"]
 logger = logging.getLogger("modelplex.router")
 
 _SMALL_BODY = 64 * 1024  # answers up to this size with a known length are sent in one write
+_LOAD_FAILED = LOAD_FAILED_HEADER.encode()
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 9.2.2
 
 
@@ -58,8 +59,8 @@ class _Watch:
     lost: bool = False
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
-    wanted = name.encode()
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
+    """The value of header `wanted` (lower case), if the answer has it."""
     for key, value in headers:
         if key.lower() == wanted:
             return value.decode("latin-1")
@@ -191,7 +192,7 @@ class Forwarder:
             return self._replica_failed(admitted, exc, retry_ok)
         self.view.request_answered(admitted.replica_id)
         try:
-            failed_model = _header(upstream.headers, LOAD_FAILED_HEADER)
+            failed_model = _header(upstream.headers, _LOAD_FAILED)
             if failed_model is not None:
                 return await self._load_failed(upstream, admitted, failed_model, retry_ok)
             return await self._answer(request, upstream, admitted, retry_ok, deadline)
