@@ -22,6 +22,7 @@ from common.loop import event_loop_runner
 from common.serving import CannotListen, listening, until_signal
 from common.tls import Side, client_context, scheme, server_context
 from replica._deployment import DeploymentError, build_deployment, import_deployment
+from replica._discovery import DEFAULT_INTERVAL_S, RouterName
 from replica._runtime import runtime
 from replica.server import ReplicaServer
 
@@ -47,7 +48,24 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="URL",
-        help="a router to report to (repeatable); default: the config's router address",
+        help="a router to report to (repeatable); default: the config's router address, "
+        "unless --router-dns is given",
+    )
+    parser.add_argument(
+        "--router-dns",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="http(s)://NAME:PORT: report to every address NAME resolves to (all A and AAAA "
+        "records), following them as they change, e.g. a Kubernetes headless Service of the "
+        "router pods (repeatable)",
+    )
+    parser.add_argument(
+        "--router-dns-interval",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="SECONDS",
+        help=f"how often --router-dns names are looked up again (default {DEFAULT_INTERVAL_S:g})",
     )
     parser.add_argument("--host", help="address to bind; default: the config's deployment.host")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 (default) = any")
@@ -65,10 +83,31 @@ def _check_url(url: str, what: str, *, tls_key: str | None = None) -> str:
     return url.rstrip("/")
 
 
+def _router_names(args: argparse.Namespace, tls: TlsConfig) -> list[RouterName]:
+    if not args.router_dns_interval > 0:  # also refuses nan
+        raise _UsageError(
+            f"--router-dns-interval must be a positive number of seconds, got "
+            f"{args.router_dns_interval}"
+        )
+    names = []
+    for url in args.router_dns:
+        try:
+            name = RouterName.parse(url)
+        except ValueError as error:
+            raise _UsageError(f"--router-dns {error}") from None
+        if tls.public is not None and name.scheme != "https":
+            raise _UsageError(
+                f"--router-dns must be an https:// URL (the config has tls.public), got {url!r}"
+            )
+        names.append(name)
+    return names
+
+
 def _routers(args: argparse.Namespace, host: str, port: int, tls: TlsConfig) -> list[str]:
-    if args.router:
-        needs_https = "tls.public" if tls.public is not None else None
-        return [_check_url(url, "--router", tls_key=needs_https) for url in args.router]
+    needs_https = "tls.public" if tls.public is not None else None
+    routers = [_check_url(url, "--router", tls_key=needs_https) for url in args.router]
+    if routers or args.router_dns:
+        return routers
     if port == 0:
         raise _UsageError("the config's router.port is 0 (any port), so pass --router URL")
     return [f"{scheme(tls, Side.ROUTER)}://{connect_host(host)}:{port}"]
@@ -89,6 +128,7 @@ def run_replica(argv: Sequence[str] | None = None) -> int:
                 "or pass --secret-file"
             )
         routers = _routers(args, config.router.host, config.router.port, config.tls)
+        router_names = _router_names(args, config.tls)
         needs_https = "tls.internal" if config.tls.internal is not None else None
         advertise_url = (
             _check_url(args.advertise_url, "--advertise-url", tls_key=needs_https)
@@ -115,6 +155,8 @@ def run_replica(argv: Sequence[str] | None = None) -> int:
             deployment_config,
             replica_id=args.replica_id,
             routers=routers,
+            router_names=router_names,
+            router_dns_interval_s=args.router_dns_interval,
             secret=secret,
             host=args.host or deployment_config.host,
             port=args.port,
@@ -133,6 +175,8 @@ async def _serve(
     *,
     replica_id: str,
     routers: list[str],
+    router_names: list[RouterName],
+    router_dns_interval_s: float,
     secret: str,
     host: str,
     port: int,
@@ -152,6 +196,8 @@ async def _serve(
         deployment,
         replica_id=replica_id,
         routers=routers,
+        router_names=router_names,
+        router_dns_interval_s=router_dns_interval_s,
         secret=secret,
         max_ongoing_requests=config.max_ongoing_requests,
         heartbeat_interval_s=config.heartbeat_interval_s,

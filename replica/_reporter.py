@@ -10,6 +10,10 @@ A router that is down, restarting or refusing us never fails the replica: the ch
 with capped exponential backoff, forever, and logs once per streak of failures.
 A channel to an https:// router is a wss:// WebSocket with `ssl_context`
 (`common.tls.client_context`, which trusts the router's CA and may carry a client certificate).
+Besides the routers it is given, it reports to every address of each router name it is given
+(`replica._discovery`): a channel per address, opened when the address appears in DNS, closed
+when it has been gone for a while. Such a channel connects to the address but speaks to the name
+(TLS server name and `Host`), so a router certificate for the name is checked as usual.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ from common.wire import (
     decode_error,
     encode_snapshot,
 )
+from replica._discovery import (
+    DEFAULT_FORGET_AFTER_S,
+    DEFAULT_INTERVAL_S,
+    Resolve,
+    RouterDiscovery,
+    RouterName,
+    resolve_addresses,
+)
 
 __all__ = ["Reporter"]
 
@@ -51,9 +63,15 @@ class Reporter:
         backoff_max_s: float = 0.5,  # a restarted router hears from every replica this soon
         connect_timeout_s: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        router_names: Sequence[RouterName] = (),
+        resolve: Resolve = resolve_addresses,
+        discovery_interval_s: float = DEFAULT_INTERVAL_S,
+        forget_after_s: float = DEFAULT_FORGET_AFTER_S,
     ) -> None:
         """`ssl_context`: for https:// routers (None: the system's trust store); it may be set
-        until `start()`."""
+        until `start()`. `router_names`: names whose every address is a router, looked up with
+        `resolve` every `discovery_interval_s`; an address missing from their answers for
+        `forget_after_s` is no longer reported to."""
         self._secret = secret
         self.ssl_context = ssl_context
         self._build_snapshot = build_snapshot
@@ -61,17 +79,68 @@ class Reporter:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._connect_timeout_s = connect_timeout_s
-        self._channels = [_Channel(self, url) for url in dict.fromkeys(routers)]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self._flush_scheduled = False
         self.closing = False
         self.stopped = asyncio.Event()
+        self._channels: dict[str, _Channel] = {}
+        self._claims: dict[str, int] = {}  # how many sources (given, or a name) want a router
+        self._retiring: set[asyncio.Task[None]] = set()
+        for url in dict.fromkeys(router.rstrip("/") for router in routers):
+            self.add_router(url)
+        self._discoveries = [
+            RouterDiscovery(
+                name,
+                add=lambda url, name: self.add_router(
+                    url, server_hostname=name.host, host_header=name.host_header
+                ),
+                drop=self.drop_router,
+                resolve=resolve,
+                interval_s=discovery_interval_s,
+                forget_after_s=forget_after_s,
+            )
+            for name in dict.fromkeys(router_names)
+        ]
 
     @property
     def connected(self) -> int:
         """Routers with an open channel now."""
-        return sum(channel.connected for channel in self._channels)
+        return sum(channel.connected for channel in self._channels.values())
+
+    @property
+    def routers(self) -> dict[str, bool]:
+        """Every router reported to now (given or discovered), and whether it is connected."""
+        return {url: channel.connected for url, channel in self._channels.items()}
+
+    def add_router(
+        self, url: str, *, server_hostname: str | None = None, host_header: str | None = None
+    ) -> None:
+        """Report to `url` too (again, if it is there already: one more `drop_router` to go).
+        `server_hostname` and `host_header`: the name the router answers to, if `url` holds
+        its address instead."""
+        self._claims[url] = self._claims.get(url, 0) + 1
+        if url in self._channels or self.closing:
+            return
+        channel = _Channel(self, url, server_hostname=server_hostname, host_header=host_header)
+        self._channels[url] = channel
+        if self._session is not None:
+            channel.start(self._session)
+
+    def drop_router(self, url: str) -> None:
+        """Undo one `add_router(url)`; the last one closes its channel (without a last report:
+        the router is gone, or leaving)."""
+        claims = self._claims.get(url, 0) - 1
+        if claims > 0:
+            self._claims[url] = claims
+            return
+        self._claims.pop(url, None)
+        channel = self._channels.pop(url, None)
+        if channel is None or self._loop is None:
+            return
+        task = self._loop.create_task(channel.retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def start(self) -> None:
         """Connect to every router (in the background). Call from the running loop."""
@@ -81,8 +150,10 @@ class Reporter:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout_s)
         )
-        for channel in self._channels:
+        for channel in self._channels.values():
             channel.start(self._session)
+        for discovery in self._discoveries:
+            discovery.start()
 
     def notify(self) -> None:
         """The state changed: report it before the loop next sleeps. Safe to call often."""
@@ -93,7 +164,7 @@ class Reporter:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        connected = [channel for channel in self._channels if channel.connected]
+        connected = [channel for channel in self._channels.values() if channel.connected]
         if not connected:
             return  # each channel gets a fresh snapshot when it connects
         frame = self.fresh_frame()
@@ -119,9 +190,12 @@ class Reporter:
             return
         frame = self.fresh_frame() if final_report else None
         self.closing = True
-        for channel in self._channels:
+        await asyncio.gather(*(discovery.stop() for discovery in self._discoveries))
+        channels = list(self._channels.values())
+        for channel in channels:
             channel.stop(frame)
-        tasks = [channel.task for channel in self._channels if channel.task is not None]
+        tasks = [channel.task for channel in channels if channel.task is not None]
+        tasks += self._retiring
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)
             for task in pending:
@@ -135,14 +209,28 @@ class Reporter:
 class _Channel:
     """The connection to one router, reconnected until the reporter closes."""
 
-    def __init__(self, reporter: Reporter, router_url: str) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        router_url: str,
+        *,
+        server_hostname: str | None = None,
+        host_header: str | None = None,
+    ) -> None:
         self._reporter = reporter
         self.router = router_url.rstrip("/")
         self._url = self.router + CHANNEL_PATH
+        self._server_hostname = server_hostname if self._url.startswith("https:") else None
+        self._headers = {"Host": host_header} if host_header is not None else {}
         self._pending: bytes | None = None
         self._wake = asyncio.Event()
+        self._retired = False
         self.connected = False
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self._retired or self._reporter.closing
 
     def start(self, session: aiohttp.ClientSession) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(session))
@@ -157,26 +245,41 @@ class _Channel:
             self._pending = final_frame
         self._wake.set()
 
+    async def retire(self, timeout_s: float = 2.0) -> None:
+        """Close this channel alone (the reporter goes on), cancelling a connect in progress
+        after `timeout_s`."""
+        self._retired = True
+        self._wake.set()
+        if self.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+        except TimeoutError:
+            self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
     async def _run(self, session: aiohttp.ClientSession) -> None:
         reporter = self._reporter
         delay = reporter.backoff_initial_s
         failing = False
-        while not reporter.closing:
+        while not self.closing:
             try:
                 async with session.ws_connect(
                     self._url,
-                    headers=reporter.authorization(),
+                    headers=self._headers | reporter.authorization(),
                     heartbeat=max(5.0, 5 * reporter.heartbeat_interval_s),
                     timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
                     max_msg_size=MAX_FRAME_BYTES,
                     ssl=reporter.ssl_context or True,
+                    server_hostname=self._server_hostname,
                 ) as ws:
                     if failing:
                         logger.info("state channel to router %s is up again", self.router)
                     failing = False
                     delay = reporter.backoff_initial_s
                     await self._serve(ws)
-                if not reporter.closing:
+                if not self.closing:
                     error = ws.exception()
                     why = (
                         f"no answer to our pings ({error!r})"
@@ -212,7 +315,7 @@ class _Channel:
                 failing = True
             finally:
                 self.connected = False
-            if reporter.closing:
+            if self.closing:
                 break
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -236,7 +339,7 @@ class _Channel:
                     await ws.send_bytes(frame)
                     last_sent = loop.time()
                     continue
-                if reporter.closing:
+                if self.closing:
                     return
                 wait_s = last_sent + reporter.heartbeat_interval_s - loop.time()
                 if wait_s <= 0:

@@ -39,6 +39,7 @@ from common.wire import MAX_FAILURE_MESSAGE_CHARS, ReplicaSnapshot, encode_snaps
 from replica._cache import CacheClosed, Eviction, ModelSlotTimeout
 from replica._context import RequestScope, request_context
 from replica._deployment import open_caches
+from replica._discovery import DEFAULT_INTERVAL_S, RouterName
 from replica._prometheus import CONTENT_TYPE, ReplicaMetrics
 from replica._reporter import Reporter
 from replica._respond import respond
@@ -88,11 +89,15 @@ class ReplicaServer:
         drain_quiet_s: float = 0.2,
         client_max_size_bytes: int = 64 * 1024 * 1024,
         routers_only: bool = False,
+        router_names: Sequence[RouterName] = (),
+        router_dns_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         """`routers_only`: serve requests only from this cluster's routers (the replica listens
         beyond loopback, so clients could otherwise bypass the router); either way only a
-        router's eviction hint is obeyed, and `/-/state` and `/-/load` need the secret."""
-        if routers and secret is None:
+        router's eviction hint is obeyed, and `/-/state` and `/-/load` need the secret.
+        `router_names`: report also to every address these resolve to, looked up every
+        `router_dns_interval_s` (`replica._discovery`)."""
+        if (routers or router_names) and secret is None:
             raise ValueError("a secret is needed to report to routers")
         self.replica_id = replica_id
         self.incarnation = uuid.uuid4().hex
@@ -112,6 +117,8 @@ class ReplicaServer:
             secret=secret or "",
             build_snapshot=self.snapshot,
             heartbeat_interval_s=heartbeat_interval_s,
+            router_names=router_names,
+            discovery_interval_s=router_dns_interval_s,
         )
         self._metrics = ReplicaMetrics(replica_id=replica_id, in_flight=lambda: self.in_flight)
         open_caches(deployment)
