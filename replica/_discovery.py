@@ -192,7 +192,10 @@ class RouterDiscovery:
             self._log_failure("cannot resolve %s (%s)", name.host, why)
             return None
         except Exception:
-            logger.exception("router discovery: looking up %s failed", name.host)
+            if self._failing:
+                logger.debug("router discovery: looking up %s failed", name.host, exc_info=True)
+            else:
+                logger.exception("router discovery: looking up %s failed", name.host)
             self._failing = True
             return None
         if not addresses:

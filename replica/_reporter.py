@@ -218,8 +218,10 @@ class _Channel:
         host_header: str | None = None,
     ) -> None:
         self._reporter = reporter
-        self.router = router_url.rstrip("/")
-        self._url = self.router + CHANNEL_PATH
+        self._url = router_url.rstrip("/") + CHANNEL_PATH
+        self.router = router_url.rstrip("/")  # for the logs
+        if host_header is not None:
+            self.router += f" ({host_header})"
         self._server_hostname = server_hostname if self._url.startswith("https:") else None
         self._headers = {"Host": host_header} if host_header is not None else {}
         self._pending: bytes | None = None
