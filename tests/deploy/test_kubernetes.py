@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from common.config import parse_config
+from replica._cli import _parse_args as parse_replica_args
+from replica._discovery import RouterName
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
@@ -71,16 +73,57 @@ def test_a_replica_has_longer_to_stop_than_its_drain_takes() -> None:
     )
 
 
-def test_replicas_report_to_the_router_service_and_listen_where_they_advertise() -> None:
-    container = by_kind("Deployment")["modelplex-replica"]["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+def replica_container() -> dict[str, Any]:
+    pod = by_kind("Deployment")["modelplex-replica"]["spec"]["template"]["spec"]
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+def router_pod_labels() -> dict[str, str]:
+    labels: dict[str, str] = by_kind("Deployment")["modelplex-router"]["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    return labels
+
+
+def selects_routers(selector: dict[str, str]) -> bool:
+    return bool(selector) and selector.items() <= router_pod_labels().items()
+
+
+def test_replicas_find_every_router_pod_through_the_headless_service() -> None:
+    argv = replica_container()["command"]
+    assert argv[:3] == ["python", "-m", "replica"]
+    args = parse_replica_args(argv[3:])  # the flags are the replica's
+    assert args.router == []  # a ClusterIP Service reaches one router pod, not each
+    [url] = args.router_dns
+    name = RouterName.parse(url)
+    service = by_kind("Service")[name.host]
+    assert service["spec"]["clusterIP"] == "None"  # one DNS record per router pod
+    # A router is ready only once replicas report to it, and they find it only by this name.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert selects_routers(service["spec"]["selector"])
+    [port] = service["spec"]["ports"]
+    assert name.scheme == "http"
+    assert name.port == port["port"]
+    router = by_kind("Deployment")["modelplex-router"]["spec"]["template"]["spec"]
+    [router_port] = [p for p in router["containers"][0]["ports"] if p["name"] == port["targetPort"]]
+    assert router_port["containerPort"] == cluster_config().router.port
+
+
+def test_several_routers_run_behind_the_client_service_and_one_survives_disruptions() -> None:
+    routers = by_kind("Deployment")["modelplex-router"]
+    assert routers["spec"]["replicas"] >= 2
+    clients = by_kind("Service")["modelplex-router"]
+    assert clients["spec"].get("clusterIP") != "None"  # one stable address for clients
+    assert selects_routers(clients["spec"]["selector"])
+    [budget] = by_kind("PodDisruptionBudget").values()
+    assert 1 <= budget["spec"]["minAvailable"] < routers["spec"]["replicas"]
+    assert selects_routers(budget["spec"]["selector"]["matchLabels"])
+
+
+def test_replicas_listen_where_they_advertise() -> None:
+    container = replica_container()
     argv = container["command"]
-    router_url = argv[argv.index("--router") + 1]
-    service = by_kind("Service")["modelplex-router"]
-    assert (
-        router_url == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
-    )
     port = argv[argv.index("--port") + 1]
     assert argv[argv.index("--advertise-url") + 1] == f"http://$(POD_IP):{port}"
     assert int(port) == container["ports"][0]["containerPort"]
