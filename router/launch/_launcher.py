@@ -173,6 +173,7 @@ class Launcher:
             return 0 if self._stop.is_set() else 1
         port = int(self.router_url.rpartition(":")[2])
         runtime.settle(port)
+        routers.settle(replicas.config_file(first.number))
         replicas.router_urls = list(routers.urls)
         self._control = ControlServer(
             apply=self.apply, state=self.state, secret=lambda: self._env[SECRET_ENV]
@@ -299,7 +300,13 @@ class Launcher:
         assert self._replicas is not None
         assert self._router_generation is not None
         running = self._router_generation.config.router.count
+        notes = []
         if self._routers_override is not None:
+            if config.router.count != running:
+                notes.append(
+                    f"router.count: {config.router.count!r} is overridden by `modelplex up "
+                    f"--routers {running}`"
+                )
             config = dataclasses.replace(
                 config, router=dataclasses.replace(config.router, count=running)
             )
@@ -309,7 +316,7 @@ class Launcher:
                 f"{running} -> {config.router.count} needs a restart of `modelplex up` (replicas "
                 "learn their routers when they start); the cluster keeps running as it was",
             )
-        return await self._replicas.apply(config, self._notes(config))
+        return await self._replicas.apply(config, [*notes, *self._notes(config)])
 
     def _notes(self, config: ClusterConfig) -> list[str]:
         assert self._router_generation is not None

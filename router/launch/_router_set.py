@@ -87,9 +87,15 @@ class RouterSet:
         others = list(range(1, self.count))
         if not await self._start(others, stop=stop, timeout_s=timeout_s, report=report):
             return False
-        for index, process in enumerate(self._processes):
-            process.argv = self.argv(index)  # a restart keeps the ports, even picked ones
+        self.settle(self.config_file)
         return True
+
+    def settle(self, config_file: Path) -> None:
+        """Restart every router from now on with `config_file` (where the config went once
+        the runtime directory got its port's name) and on the ports it has, even picked ones."""
+        self.config_file = config_file
+        for index, process in enumerate(self._processes):
+            process.argv = self.argv(index)
 
     async def _start(
         self, indexes: Sequence[int], *, stop: asyncio.Event, timeout_s: float, report: ExitReporter
