@@ -11,18 +11,14 @@ verbs), `_launcher` the glue of `modelplex up`, `_plan` the reconcile decisions,
 the replicas and the reconcile, `_router_set` the routers, `_supervisor` one child process,
 `_backoff` when a crashed child restarts, `_control` the runtime directory and the control
 port, `_text` what is printed; `_local_cluster` the cluster that tests and benchmarks start
-(one or more routers and N replicas, no launcher), shipped so no suite copies it.
+(one or more routers and N replicas, no launcher; `_child_process` its processes and its poll),
+shipped so no suite copies it.
 """
 
+from router.launch._child_process import ChildProcess, ClusterFailed, wait_for
 from router.launch._cli import main
 from router.launch._launcher import Launcher, run_launcher
-from router.launch._local_cluster import (
-    ChildProcess,
-    ClusterFailed,
-    LocalCluster,
-    ReplicaPlacement,
-    wait_for,
-)
+from router.launch._local_cluster import LocalCluster, ReplicaPlacement
 
 __all__ = [
     "ChildProcess",

@@ -347,6 +347,7 @@ class Launcher:
         """What the launcher runs and how far it got: `GET /state` on the control port."""
         assert self._replicas is not None
         target = self._replicas.target.number if self._replicas.target is not None else 0
+        routers = [] if self._routers is None else self._routers.describe()
         return {
             "pid": os.getpid(),
             "router_url": self.router_url,
@@ -355,8 +356,9 @@ class Launcher:
             "converged_generation": self._replicas.converged,
             "converged": self._replicas.converged >= target,
             "progress": self._replicas.progress,
+            "router": routers[0] if routers else None,  # the first, as before there were more
             "router_urls": [] if self._routers is None else list(self._routers.urls),
-            "routers": [] if self._routers is None else self._routers.describe(),
+            "routers": routers,
             "replicas": self._replicas.describe(),
         }
 

@@ -36,18 +36,15 @@ import re
 import shutil
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -56,39 +53,17 @@ from common.auth import authorization_value, generate_secret
 from common.config import parse_config
 from common.status import ReplicaStatusDocument, RouterStatusDocument
 from common.tls import Side, client_context
+from router.launch._child_process import TAIL_LINES, ChildProcess, ClusterFailed, wait_for
 from router.launch._launcher import child_environment
 
-__all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "ReplicaPlacement", "wait_for"]
+__all__ = ["LocalCluster", "ReplicaPlacement"]
 
 SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
-POLL_INTERVAL_S = 0.02
-STOP_TIMEOUT_S = 15.0
-TAIL_LINES = 30
-LISTENING = re.compile(r"listening on (https?://\S+)")
 DIRECT_ADDRESS = re.compile(r"modelplex router direct address (https?://\S+)")
 LOAD_COUNTER = re.compile(
     r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\}\s+(\S+)$", re.MULTILINE
 )
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]  # children import modelplex from here too
-
-_T = TypeVar("_T")
-
-
-class ClusterFailed(RuntimeError):
-    """A process of the cluster exited, or the cluster did not become ready in time."""
-
-
-def wait_for(condition: Callable[[], _T], timeout_s: float, what: str) -> _T:
-    """Poll `condition` until it returns something truthy, and return that; `TimeoutError`
-    naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def _get(
@@ -135,84 +110,6 @@ class ReplicaPlacement:
         if self.advertise_url is not None:
             argv += ["--advertise-url", self.advertise_url]
         return argv
-
-
-class ChildProcess:
-    """A child process in its own session whose output (stdout and stderr interleaved) a
-    background thread collects in `lines`."""
-
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path):
-        self.name = name
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def url(self, timeout_s: float = 60.0) -> str:
-        """The URL of the first `listening on http://...` line; `ClusterFailed` if the process
-        exits first."""
-        return self.printed(LISTENING, timeout_s, "to listen")
-
-    def printed(self, pattern: re.Pattern[str], timeout_s: float, what: str) -> str:
-        """The first group of the first line matching `pattern`, once printed; `ClusterFailed`
-        if the process exits first."""
-
-        def find() -> str:
-            for line in self.lines:
-                match = pattern.search(line)
-                if match:
-                    return match.group(1)
-            if not self.alive():
-                raise ClusterFailed(f"{self.name} exited:\n{self.output(TAIL_LINES)}")
-            return ""
-
-        return wait_for(find, timeout_s, f"{self.name} {what}")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.popen.send_signal(signum)
-
-    def wait(self, timeout_s: float = 30.0) -> int:
-        """The exit code, once the process has exited."""
-        return self.popen.wait(timeout=timeout_s)
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL after `timeout_s`; idempotent."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._reader.join(timeout=5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-    def output(self, last: int | None = None) -> str:
-        """What the process printed, or its `last` lines."""
-        return "\n".join(self.lines if last is None else self.lines[-last:])
 
 
 class LocalCluster:
