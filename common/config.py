@@ -63,6 +63,12 @@ class RouterConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000  # 0 picks a free port
+    # Router processes `modelplex up` runs on this host. With more than one they all listen on
+    # `port` (SO_REUSEPORT: the kernel spreads client connections across them, so one URL
+    # serves and the request path uses several cores), and each also listens on a port of its
+    # own (ephemeral) that replicas report to and status and admin calls use. Changing it
+    # needs a restart of `modelplex up`: replicas learn their routers when they start.
+    count: int = 1
     max_queued_requests: int = 1000  # waiting for a replica with room, a model slot or a loader
     queue_timeout_s: float = 30.0  # time in that queue before a 503
     request_timeout_s: float = 300.0  # end to end, before a 504
@@ -223,6 +229,7 @@ _HOST = _Rule(_string, lambda v: v != "", "a non-empty string")
 _ROUTER_RULES: Mapping[str, _Rule] = {
     "host": _HOST,
     "port": _count(0, 65535),
+    "count": _count(1, 64),
     "max_queued_requests": _count(0),
     "queue_timeout_s": _POSITIVE_SECONDS,
     "request_timeout_s": _POSITIVE_SECONDS,

@@ -2,7 +2,9 @@
 
 The router, the replica and the launcher's control port all listen the same way: no access log
 (the servers keep their own), signals left to the caller, the bound port handed back so a port of
-0 works, and the runner cleaned up however the block ends.
+0 works, and the runner cleaned up however the block ends. One app may listen on several
+addresses (`listening_on`), some of them shared with other processes (SO_REUSEPORT): several
+routers on one host serve one public port that way, each with an address of its own beside it.
 
 Every connection is held to `HttpLimits`, so a slow or hostile client cannot hold it forever or
 make the process parse without end, while other clients are served as usual:
@@ -31,7 +33,15 @@ from aiohttp.web_protocol import RequestHandler
 
 from common.errors import error_body
 
-__all__ = ["STOP_SIGNALS", "CannotListen", "HttpLimits", "listening", "until_signal"]
+__all__ = [
+    "STOP_SIGNALS",
+    "Address",
+    "CannotListen",
+    "HttpLimits",
+    "listening",
+    "listening_on",
+    "until_signal",
+]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -121,6 +131,18 @@ class _GuardedRequestHandler(RequestHandler):
         return response
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Address:
+    """One address to listen on. `reuse_port`: set SO_REUSEPORT, so that other processes
+    that set it too can listen on the same port and the kernel spreads connections across
+    them; the first socket of such a group must set it as well. Port 0 with `reuse_port`
+    still picks a port of its own: the others join it by its number."""
+
+    host: str
+    port: int
+    reuse_port: bool = False
+
+
 @contextlib.asynccontextmanager
 async def listening(
     app: web.Application,
@@ -138,6 +160,31 @@ async def listening(
 
     CannotListen if the address cannot be bound; an OSError raised inside the block passes as is.
     """
+    serving = listening_on(
+        app,
+        [Address(host=host, port=port)],
+        backlog=backlog,
+        shutdown_timeout_s=shutdown_timeout_s,
+        limits=limits,
+        ssl_context=ssl_context,
+    )
+    async with serving as ports:
+        yield ports[0]
+
+
+@contextlib.asynccontextmanager
+async def listening_on(
+    app: web.Application,
+    addresses: Sequence[Address],
+    *,
+    backlog: int = 128,
+    shutdown_timeout_s: float = 60.0,
+    limits: HttpLimits | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[list[int]]:
+    """`listening` on several addresses at once, one app behind them all; yields the bound
+    ports in the order of `addresses`. CannotListen if any of them cannot be bound (none is
+    left open then)."""
     limits = limits or HttpLimits()
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout_s
@@ -146,25 +193,40 @@ async def listening(
     server = runner.server
     assert server is not None
     loop = asyncio.get_running_loop()
+    listeners: list[asyncio.Server] = []
     try:
-        listener = await loop.create_server(
-            lambda: _GuardedRequestHandler(server, limits=limits, loop=loop, access_log=None),
-            host,
-            port,
-            backlog=backlog,
-            reuse_address=True,
-            ssl=ssl_context,
-            # the handshake gets the deadline of a request's head
-            ssl_handshake_timeout=limits.header_timeout_s if ssl_context else None,
-        )
+        for address in addresses:
+            listeners.append(
+                await loop.create_server(
+                    lambda: _GuardedRequestHandler(
+                        server, limits=limits, loop=loop, access_log=None
+                    ),
+                    address.host,
+                    address.port,
+                    backlog=backlog,
+                    reuse_address=True,
+                    reuse_port=address.reuse_port or None,
+                    ssl=ssl_context,
+                    # the handshake gets the deadline of a request's head
+                    ssl_handshake_timeout=limits.header_timeout_s if ssl_context else None,
+                )
+            )
     except OSError as error:
+        await _close(listeners)
         await runner.cleanup()
         raise CannotListen(error.errno, error.strerror or str(error)) from error
     try:
-        yield int(listener.sockets[0].getsockname()[1])
+        yield [int(listener.sockets[0].getsockname()[1]) for listener in listeners]
     finally:
-        listener.close()  # no new connections; the runner's cleanup ends the open ones
+        for listener in listeners:
+            listener.close()  # no new connections; the runner's cleanup ends the open ones
         await runner.cleanup()
+        await _close(listeners)
+
+
+async def _close(listeners: Sequence[asyncio.Server]) -> None:
+    for listener in listeners:
+        listener.close()
         await listener.wait_closed()
 
 

@@ -59,6 +59,9 @@ class LoadFailureDocument(TypedDict):
 
 class RouterInfoDocument(TypedDict):
     url: str
+    """Where the router listens; with several routers on a host, the port they share."""
+    direct_url: str
+    """This router's own address (the one its replicas report to); `url` when it shares none."""
     started_at: float
     """Unix time the router started."""
     queued: int

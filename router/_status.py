@@ -52,6 +52,7 @@ def status_document(server: RouterServer, now: float) -> RouterStatusDocument:
     ]
     router = RouterInfoDocument(
         url=server.url,
+        direct_url=server.direct_url or server.url,
         started_at=server.started_at,
         queued=server.admission.queued,
         counters=dict(sorted(server.counters.items())),

@@ -137,7 +137,8 @@ class RouterServer:
             client_certificates=client_auth(config.tls),
         )
         self.started_at = time.time()
-        self.url = ""
+        self.url = ""  # where it listens; shared with the other routers when there are several
+        self.direct_url = ""  # its own address: `url` unless it shares that one
         self._session: aiohttp.ClientSession | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._prefetches: set[asyncio.Task[None]] = set()

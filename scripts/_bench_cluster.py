@@ -1,6 +1,6 @@
 """The benchmark's processes: a modelplex cluster, nginx, and the load generator.
 
-`bench_cluster` configures a `router.launch.LocalCluster` (a router and N replicas of
+`bench_cluster` configures a `router.launch.LocalCluster` (`routers` routers and N replicas of
 `examples.synthetic:SyntheticModels` on ephemeral loopback ports, as a user runs them, the same
 helper the integration tests use) for one run. With `max_concurrent_loads` the config limits each
 replica's loads, and the synthetic hardware runs no more at once either (`load_parallelism`; 1 is
@@ -75,6 +75,7 @@ def bench_cluster(config: RunConfig) -> LocalCluster:
         deployment=deployment,
         router=router,
         router_log_level="WARNING",
+        routers=config.routers,
     )
 
 

@@ -55,6 +55,8 @@ class RunConfig:
     warmup_s: float = 1.0
     patience: float | None = None  # router.popular_model_patience; None = the default
     max_concurrent_loads: int | None = None  # per replica; None = as many as slots
+    routers: int = 1  # router processes sharing the router port (router.count)
+    spread: str = "alternate"  # several routers: "alternate" over their own URLs, or "shared"
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {

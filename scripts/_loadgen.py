@@ -14,7 +14,9 @@ Modes:
 - "duration": cycle through `models` for `warmup_s` + `duration_s`; only answers completed in
   the measured window count, and a summary (throughput, latency percentiles) comes back.
 
-A connection that breaks records status 0 for its request and reconnects.
+A connection that breaks records status 0 for its request and reconnects. With `targets`
+(a list of [host, port]), connection i connects to target i modulo their number (several
+routers' own addresses, say) instead of `host` and `port`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class _Run:
             for name in table
         ]
         self.host, self.port = host, port
+        self.targets = [(str(h), int(p)) for h, p in spec.get("targets") or [(host, port)]]
         self.duration_mode = spec.get("mode", "sequence") == "duration"
         n = len(self.order)
         self.total = n
@@ -234,15 +237,14 @@ def _header(head: bytes, lower: bytes, name: bytes) -> str | None:
     return head[start + len(name) : end if end >= 0 else len(head)].strip().decode("latin-1")
 
 
-async def _connection_loop(run: _Run) -> None:
-    """Keep one connection alive until the run stops sending."""
+async def _connection_loop(run: _Run, number: int) -> None:
+    """Keep connection `number` alive until the run stops sending."""
     loop = asyncio.get_running_loop()
+    host, port = run.targets[number % len(run.targets)]
     while not run.stop_sending and (run.duration_mode or run.next_index < run.total):
         lost: asyncio.Future[None] = loop.create_future()
         try:
-            await loop.create_connection(
-                functools.partial(_Connection, run, lost), run.host, run.port
-            )
+            await loop.create_connection(functools.partial(_Connection, run, lost), host, port)
         except OSError:
             index = run.take()
             if index >= 0:
@@ -269,7 +271,7 @@ async def _main(spec: dict[str, Any]) -> dict[str, Any]:
     run.t0 = time.perf_counter_ns()
     run.measure_from = run.t0 + int(float(spec.get("warmup_s", 0.0)) * 1e9)
     run.measure_to = run.measure_from + int(float(spec.get("duration_s", 0.0)) * 1e9)
-    loops = [asyncio.ensure_future(_connection_loop(run)) for _ in range(concurrency)]
+    loops = [asyncio.ensure_future(_connection_loop(run, n)) for n in range(concurrency)]
     timeout_s = float(spec.get("timeout_s", 600.0))
     try:
         if run.duration_mode:

@@ -53,6 +53,7 @@ from _bench_scenarios import (
     targets,
 )
 
+from router.launch import LocalCluster
 from router.simulation.frontier import PATIENCE_SWEEP, Frontier
 from router.simulation.workloads import Popularity, WorkloadSpec, generate
 
@@ -80,10 +81,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         ("--warmup-s", float, "overhead: warm-up seconds per phase (1)"),
         ("--patience", float, "router.popular_model_patience, in load times (the default)"),
         ("--max-concurrent-loads", int, "per-replica loads at once (as many as slots)"),
+        ("--routers", int, "router processes sharing one port (1)"),
     ]
     for flag, kind, text in flags:
         parser.add_argument(flag, type=kind, help=text)
     parser.add_argument("--popularity", choices=["uniform", "zipf"], help="(uniform)")
+    parser.add_argument(
+        "--spread",
+        choices=["alternate", "shared"],
+        help="several routers: deal the client connections out to the routers' own URLs in\n"
+        "turn (alternate, the default), or send all to the port they share (shared)",
+    )
     parser.add_argument("--nginx", action="store_true", help="overhead: compare with nginx")
     parser.add_argument("--json", type=Path, help="bench-results/bench-<timestamp>.json")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNGs here")
@@ -112,15 +120,28 @@ def _sequence(config: RunConfig) -> list[str]:
     return generate(spec).model_ids
 
 
-def _target(url: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    return {"host": parts.hostname, "port": parts.port, "header": _HEADER}
+def _target(url: str | list[str]) -> dict[str, Any]:
+    """The load generator's target: one URL, or several that its connections take in turn."""
+    urls = [url] if isinstance(url, str) else url
+    parts = [urlsplit(u) for u in urls]
+    spec = {"host": parts[0].hostname, "port": parts[0].port, "header": _HEADER}
+    if len(urls) > 1:
+        spec["targets"] = [[p.hostname, p.port] for p in parts]
+    return spec
+
+
+def _router_target(cluster: LocalCluster, config: RunConfig) -> str | list[str]:
+    """Where the load goes to reach the routers: every router's own URL in turn, or the port
+    they share (the only one with a single router)."""
+    if config.routers > 1 and config.spread == "alternate":
+        return cluster.router_urls
+    return cluster.url
 
 
 def run_workload(config: RunConfig) -> dict[str, Any]:
     sequence = _sequence(config)
     with bench_cluster(config) as cluster:
-        spec = _target(cluster.url) | {
+        spec = _target(_router_target(cluster, config)) | {
             "mode": "sequence",
             "models": sequence,
             "concurrency": config.concurrency,
@@ -155,11 +176,12 @@ def run_overhead(config: RunConfig, *, nginx: bool) -> dict[str, Any]:
     `nginx`, through nginx; plus nginx answering by itself, the load generator's ceiling."""
     timing = {"mode": "duration", "warmup_s": config.warmup_s, "duration_s": config.duration_s}
     phases: dict[str, dict[str, Any]] = {}
+    urls: dict[str, tuple[str | list[str], str]]
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(bench_cluster(config))
         replica_url = next(iter(cluster.replica_urls().values()))
         watch = cluster.pids()
-        urls = {"direct": (replica_url, "/"), "router": (cluster.url, "/")}
+        urls = {"direct": (replica_url, "/"), "router": (_router_target(cluster, config), "/")}
         if nginx:
             proxy = stack.enter_context(Nginx(urlsplit(replica_url).netloc))
             urls["nginx"] = (proxy.url, "/")

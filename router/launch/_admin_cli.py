@@ -1,6 +1,8 @@
 """The admin verbs of the `modelplex` command: `models`, `preload`, `evict`, `drain`.
 
-Each is one call of the router's admin API (`/-/admin/...`), with the cluster secret from
+Each is one call of one router's admin API (`/-/admin/...`; with several routers, the shared
+port reaches one of them: what it asks of a replica is done once, and the replica's reports
+tell the other routers, a drain included), with the cluster secret from
 `$MODELPLEX_SECRET` (or `$MODELPLEX_SECRET_FILE`), or, for a running launcher's own router,
 from its control port. The answer is printed for people, or as JSON with `--json`.
 """
@@ -35,7 +37,7 @@ def run_admin_verb(args: argparse.Namespace) -> int:
     tls = TlsConfig()
     if args.url:
         url = args.url.rstrip("/")
-        launcher = next((i for i in launchers if i.router_url == url), None)
+        launcher = next((i for i in launchers if url in (i.router_url, *i.routers)), None)
     elif len(launchers) > 1:
         urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
         return fail(f"{len(launchers)} clusters are running: {urls}; pass --url")

@@ -1,8 +1,8 @@
 """The `modelplex` command.
 
-    modelplex up [CONFIG]          run a router and its replicas in the foreground
+    modelplex up [CONFIG]          run the router(s) and replicas in the foreground
     modelplex apply CONFIG         reconcile a running cluster to CONFIG (scale, roll out)
-    modelplex status [CONFIG]      the router's view of the replicas, as a table or JSON
+    modelplex status [CONFIG]      each router's view of the replicas, as a table or JSON
     modelplex models               where each model is and how often it is asked for
     modelplex preload MODEL        load a model on replicas (--copies N: until N hold it)
     modelplex evict MODEL          evict a model (--replica R: from R only), after its requests
@@ -23,37 +23,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
-import json
 import os
-import ssl
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import aiohttp
 
-from common.addresses import reachable_url
-from common.auth import authorization_value, load_secret
-from common.config import ClusterConfig, ConfigError, TlsConfig, dump_config, load_config
-from common.status import RouterStatusDocument
-from common.tls import Side, client_context, scheme
+from common.config import (
+    ClusterConfig,
+    ConfigError,
+    dump_config,
+    parse_config,
+)
+from common.tls import Side, client_context
 from router.launch._admin_cli import run_admin_verb
 from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
-from router.launch._control import LauncherInfo, control_request, find_launcher, running_launchers
+from router.launch._control import LauncherInfo, control_request, find_launcher
 from router.launch._launcher import run_launcher
-from router.launch._text import fail, format_status, status_document
-from router.launch._watch import Sample, parse_duration_buckets, rates_line
+from router.launch._status_cli import fetch_status, load_or_fail, run_status
+from router.launch._text import fail, format_status
 
 __all__ = ["default_config_path", "main"]
 
 POLL_INTERVAL_S = 0.5
 EXAMPLES_PACKAGE = "examples"
 DEFAULT_CONFIG_FILE = "default.yaml"
-_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: redraw in place
 BROKEN_PIPE_EXIT_CODE = 141  # as if killed by SIGPIPE, the shell's convention
 
 
@@ -98,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for every replica to become healthy (default: 120)",
     )
+    up.add_argument(
+        "--routers",
+        type=int,
+        metavar="N",
+        help="router processes sharing the router port (default: the config's router.count)",
+    )
     up.set_defaults(command=_up)
 
     apply = commands.add_parser("apply", help="reconcile a running cluster to a config file")
@@ -126,8 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the replicas, their models and load")
     status.add_argument("config", nargs="?", help="cluster YAML (finds its running router)")
-    status.add_argument("--url", help="the router's URL, e.g. http://127.0.0.1:8000")
-    status.add_argument("--json", action="store_true", help="print the raw /-/status JSON")
+    status.add_argument("--url", help="one router's URL, e.g. http://127.0.0.1:8000")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='print the raw /-/status JSON (several routers: {"routers": [each one\'s]})',
+    )
     status.add_argument(
         "--watch",
         nargs="?",
@@ -136,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="refresh in place every S seconds (default 1) with rates, hit ratio and p99",
     )
-    status.set_defaults(command=_status)
+    status.set_defaults(command=run_status)
 
     models = commands.add_parser("models", help="where each model is, and its requests/min")
     preload = commands.add_parser("preload", help="load a model on replicas before requests")
@@ -162,28 +169,27 @@ def _run_server(name: str, argv: list[str]) -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-m", name, *argv])
 
 
-def _load(path: str) -> ClusterConfig | None:
-    """The validated config, or None after printing `modelplex: <path>: <error>`."""
-    try:
-        return load_config(path)
-    except ConfigError as err:
-        message = str(err)
-        if not message.startswith(f"{path}:"):
-            message = f"{path}: {message}"
-        fail(message)
-        return None
-
-
 # -- up ----------------------------------------------------------------------------------------
 
 
 def _up(args: argparse.Namespace) -> int:
     path = args.config or str(default_config_path())
-    config = _load(path)
+    config = load_or_fail(path)
     if config is None:
         return CONFIG_ERROR_EXIT_CODE
+    if args.routers is not None:
+        data = dump_config(config)
+        data["router"]["count"] = args.routers
+        try:
+            config = parse_config(data, source=config.source)
+        except ConfigError as err:
+            return fail(f"--routers: {err.problem}", CONFIG_ERROR_EXIT_CODE)
     return run_launcher(
-        Path(path), config, startup_timeout_s=args.startup_timeout, bundled=not args.config
+        Path(path),
+        config,
+        startup_timeout_s=args.startup_timeout,
+        bundled=not args.config,
+        routers_override=args.routers,
     )
 
 
@@ -191,7 +197,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_or_fail(args.config)
     if config is None:
         return CONFIG_ERROR_EXIT_CODE
     port = args.port or config.router.port
@@ -216,6 +222,8 @@ async def _apply_to(
     if status != 200:
         error = result.get("error") or {}
         code = CONFIG_ERROR_EXIT_CODE if error.get("code") == "invalid_config" else 1
+        if error.get("code") == "restart_required":
+            return fail(f"{args.config}: {error.get('message')}; nothing was applied", code)
         return fail(f"{args.config}: {error.get('message', f'HTTP {status}')}", code)
     generation = int(result["generation"])
     print(f"generation {generation} on {info.router_url}: {result['plan']['summary']}")
@@ -226,7 +234,7 @@ async def _apply_to(
     outcome = await _wait_converged(info, generation, timeout_s=args.timeout)
     if outcome != 0:
         return outcome
-    _, document = await _fetch_status(info.router_url, client_context(config.tls, Side.ROUTER))
+    _, document = await fetch_status(info.router_url, client_context(config.tls, Side.ROUTER))
     if document is not None:
         print(format_status(document))
     return 0
@@ -277,141 +285,3 @@ def _broken_replicas(state: dict[str, Any], generation: int) -> list[dict[str, A
         and r.get("phase") == "backoff"
         and (r.get("last_exit") or {}).get("code") == CONFIG_ERROR_EXIT_CODE
     ]
-
-
-# -- status ------------------------------------------------------------------------------------
-
-
-def _status(args: argparse.Namespace) -> int:
-    launcher: LauncherInfo | None = None
-    tls = TlsConfig()  # a bare --url: the system's trust store
-    if args.url:
-        url = args.url.rstrip("/")
-    elif args.config:
-        config = _load(args.config)
-        if config is None:
-            return CONFIG_ERROR_EXIT_CODE
-        tls = config.tls
-        launcher = find_launcher(port=config.router.port, config_path=args.config)
-        if launcher is not None:
-            url = launcher.router_url
-        elif config.router.port == 0:
-            return fail(f"no running launcher for {args.config} (router.port 0); pass --url")
-        else:
-            router_scheme = scheme(config.tls, Side.ROUTER)
-            url = reachable_url(f"{router_scheme}://{config.router.host}:{config.router.port}")
-    else:
-        launchers = running_launchers()
-        if len(launchers) > 1:
-            urls = ", ".join(f"{i.router_url} ({i.config_path})" for i in launchers)
-            return fail(f"{len(launchers)} clusters are running: {urls}; pass CONFIG or --url")
-        launcher = launchers[0] if launchers else None
-        url = launcher.router_url if launcher is not None else "http://127.0.0.1:8000"
-        if launcher is not None:
-            with contextlib.suppress(ConfigError):  # if it changed, the system's trust may do
-                tls = load_config(launcher.config_path).tls
-    try:
-        context = client_context(tls, Side.ROUTER)
-    except ValueError as err:  # a TLS file changed since the config was read
-        return fail(str(err), CONFIG_ERROR_EXIT_CODE)
-    if args.watch is not None:
-        if args.watch <= 0:
-            return fail("--watch takes a number of seconds > 0")
-        try:
-            return asyncio.run(_watch_status(url, context, interval_s=args.watch))
-        except KeyboardInterrupt:
-            return 0
-    return asyncio.run(_show_status(url, launcher, context, as_json=args.json))
-
-
-async def _fetch_status(
-    url: str, context: ssl.SSLContext | None
-) -> tuple[int, RouterStatusDocument | None]:
-    """The router's status, over https with `context` if given (else the system's trust);
-    with the cluster secret ($MODELPLEX_SECRET), which a router that listens beyond loopback
-    requires."""
-    timeout = aiohttp.ClientTimeout(total=5.0)
-    secret = load_secret()
-    headers = {"Authorization": authorization_value(secret)} if secret else {}
-    connector = aiohttp.TCPConnector(ssl=context or True)
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-        session.get(f"{url}/-/status", headers=headers) as response,
-    ):
-        if response.status != 200:
-            return response.status, None
-        data = await response.json(content_type=None)
-        return response.status, status_document(data)
-
-
-async def _show_status(
-    url: str, launcher: LauncherInfo | None, context: ssl.SSLContext | None, *, as_json: bool
-) -> int:
-    try:
-        code, document = await _fetch_status(url, context)
-    except (aiohttp.ClientError, TimeoutError) as err:
-        return fail(f"cannot reach the router at {url} ({err}); is `modelplex up` running?")
-    except ValueError:
-        return fail(f"{url}/-/status did not answer JSON; is that a modelplex router?")
-    if document is None and code == 200:
-        return fail(f"{url}/-/status is not a router's status; is that a modelplex router?")
-    if code == 401:
-        return fail(f"{url} listens beyond loopback: set MODELPLEX_SECRET to the cluster secret")
-    if document is None:
-        return fail(f"{url}/-/status answered HTTP {code}")
-    if as_json:
-        print(json.dumps(document, indent=2))
-        return 0
-    print(format_status(document))
-    if launcher is not None:
-        for line in await _launcher_lines(launcher):
-            print(line)
-    return 0
-
-
-async def _watch_status(url: str, context: ssl.SSLContext | None, *, interval_s: float) -> int:
-    """Redraw the status every `interval_s`, with the rates since the previous look, until
-    Ctrl-C; a router that does not answer is said so, and the watch goes on."""
-    secret = load_secret()
-    headers = {"Authorization": authorization_value(secret)} if secret else {}
-    timeout = aiohttp.ClientTimeout(total=5.0)
-    previous: Sample | None = None
-    connector = aiohttp.TCPConnector(ssl=context or True)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        while True:
-            lines: list[str]
-            try:
-                async with session.get(f"{url}/-/status", headers=headers) as response:
-                    document = status_document(await response.json(content_type=None))
-                async with session.get(f"{url}/-/metrics", headers=headers) as response:
-                    buckets = parse_duration_buckets(await response.text())
-                if document is None:
-                    raise ValueError(f"{url}/-/status is not a router's status")
-                sample = Sample(time.monotonic(), dict(document["router"]["counters"]), buckets)
-                lines = [format_status(document)]
-                if previous is not None:
-                    lines.append(rates_line(previous, sample))
-                previous = sample
-            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-                lines = [f"cannot read {url}: {err}; trying again every {interval_s:g} s"]
-            stamp = time.strftime("%H:%M:%S")
-            print(f"{_CLEAR}modelplex status --watch {url}  {stamp}  (Ctrl-C ends)", flush=False)
-            print("\n".join(lines), flush=True)
-            await asyncio.sleep(interval_s)
-
-
-async def _launcher_lines(launcher: LauncherInfo) -> list[str]:
-    """What the launcher knows and the router cannot: restarts, rollouts in progress."""
-    try:
-        _, state = await control_request(launcher, "GET", "/state", timeout_s=3.0)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return []
-    lines = [f"launcher pid {launcher.pid}, config {launcher.config_path}"]
-    if not state.get("converged"):
-        lines.append(f"  applying generation {state.get('target_generation')}: {state['progress']}")
-    for r in state.get("replicas") or []:
-        last = r.get("last_exit")
-        if r.get("restarts") or r.get("phase") != "running":
-            code = f", last exit code {last['code']}" if last else ""
-            lines.append(f"  {r['replica_id']}: {r['phase']}, {r['restarts']} restarts{code}")
-    return lines

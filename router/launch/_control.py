@@ -3,7 +3,8 @@
 Layout, one directory per router port, private to the user:
 
     $XDG_RUNTIME_DIR/modelplex/<port>/   (or /tmp/modelplex-<uid>/<port>/), mode 0700
-        launcher.json    pid, router and control URLs, control token, config path; mode 0600
+        launcher.json    pid, router URLs (shared, each router's own), control URL and token,
+                         config path; mode 0600
         lock             flock'ed by the live launcher; a directory whose lock is free is stale
         config-<n>.yaml  the validated config of generation n, as router and replicas read it
 
@@ -11,6 +12,7 @@ The control port is an HTTP server on 127.0.0.1 (ephemeral port) that answers on
 carrying `Authorization: Bearer <token>`:
 
     POST /apply  {"config": <dump_config data>, "source": path} -> the launcher's apply result
+                 (409 `restart_required` for a change only a restart of the launcher can make)
     GET  /state  -> generations, progress and every replica the launcher runs
     GET  /secret -> {"secret": the cluster secret}, for the CLI's admin verbs (404 when the
                     launcher offers none)
@@ -36,7 +38,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,13 @@ class LauncherInfo:
     control_url: str
     token: str
     config_path: str
+    router_urls: list[str] = field(default_factory=list)
+    """Each router's own address (`router.count` > 1); empty: `router_url` is the only one."""
+
+    @property
+    def routers(self) -> list[str]:
+        """Every router's own address; `[router_url]` with a single router."""
+        return self.router_urls or [self.router_url]
 
 
 def runtime_base() -> Path:
@@ -313,7 +322,10 @@ class ControlServer:
             config = parse_config(body["config"], source=str(source or "<apply>"))
         except ConfigError as err:
             return error_response(400, "invalid_config", str(err), key=err.key)
-        return web.json_response(await self._apply(config))
+        try:
+            return web.json_response(await self._apply(config))
+        except ConfigError as err:  # valid, but not for the cluster that runs
+            return error_response(409, "restart_required", str(err), key=err.key)
 
     async def _handle_state(self, request: web.Request) -> web.Response:
         return web.json_response(self._state())

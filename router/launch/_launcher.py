@@ -1,7 +1,8 @@
-"""`modelplex up`: run a router and its replicas, keep them running, reconcile to config edits.
+"""`modelplex up`: run the routers and their replicas, keep them running, reconcile to config edits.
 
 Glue around the other rooms of `router.launch`: `_plan` decides what to start and drain,
-`_replica_set` runs the replicas and the reconcile, `_supervisor` runs each child process
+`_replica_set` runs the replicas and the reconcile, `_router_set` the routers (`router.count`
+of them, sharing one port), `_supervisor` runs each child process
 (restarting it as `_backoff` says), `_control` holds the runtime directory and the control
 port that `modelplex apply` talks to, `_text` words what is printed.
 
@@ -9,25 +10,26 @@ Invariants:
 - The config is validated here, once; router and replicas read the file of the generation
   they were started with (`config-<n>.yaml`), which never changes under them.
 - Every child inherits a fresh cluster secret through the environment, never on disk.
-- Start-up order is router, then replicas; shutdown drains the replicas first and stops the
-  router last, so no request fails; after `run` returns, no child is left.
+- Start-up order is routers, then replicas (each reporting to every router's own address);
+  shutdown drains the replicas first and stops the routers last, so no request fails; after
+  `run` returns, no child is left.
+- `router.count` is fixed for the launcher's life: an apply that changes it is refused (the
+  replicas know their routers from their start), as `RestartRequired`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
-import re
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from common.addresses import reachable_url
 from common.auth import SECRET_ENV, SECRET_FILE_ENV, authorization_value, generate_secret
 from common.config import ClusterConfig, ConfigError, load_config
 from common.serving import STOP_SIGNALS
@@ -37,10 +39,11 @@ from router.launch._backoff import CONFIG_ERROR_EXIT_CODE
 from router.launch._control import ControlServer, LauncherInfo, LauncherRunning, RuntimeDir
 from router.launch._plan import changed_keys
 from router.launch._replica_set import Generation, ReplicaSet
+from router.launch._router_set import RouterSet
 from router.launch._supervisor import ExitInfo, Supervised, log
 from router.launch._text import banner, status_document
 
-__all__ = ["Launcher", "child_environment", "run_launcher"]
+__all__ = ["Launcher", "RestartRequired", "child_environment", "run_launcher"]
 
 ROUTER_START_TIMEOUT_S = 30.0
 ROUTER_STOP_TIMEOUT_S = 10.0
@@ -49,15 +52,30 @@ WATCH_INTERVAL_S = 1.0
 LAUNCHER_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP)  # a closed terminal stops the cluster too
 """Not `common.serving.until_signal`: the handlers stay for the whole run, start-up and
 shutdown included, because a second signal during the drain means "kill every child now"."""
-_LISTENING = re.compile(r"modelplex router listening on (\S+)")
+
+
+class RestartRequired(ConfigError):
+    """A valid config that the running cluster cannot take without a restart of `modelplex up`."""
 
 
 def run_launcher(
-    config_path: Path, config: ClusterConfig, *, startup_timeout_s: float, bundled: bool = False
+    config_path: Path,
+    config: ClusterConfig,
+    *,
+    startup_timeout_s: float,
+    bundled: bool = False,
+    routers_override: int | None = None,
 ) -> int:
     """Run the cluster in the foreground until SIGINT/SIGTERM/SIGHUP; the process exit code.
-    `bundled`: the config is the example shipped with modelplex (changes the hints shown)."""
-    launcher = Launcher(config_path, config, startup_timeout_s=startup_timeout_s, bundled=bundled)
+    `bundled`: the config is the example shipped with modelplex (changes the hints shown);
+    `routers_override`: `--routers N`, already applied to `config`."""
+    launcher = Launcher(
+        config_path,
+        config,
+        startup_timeout_s=startup_timeout_s,
+        bundled=bundled,
+        routers_override=routers_override,
+    )
     return asyncio.run(launcher.run())
 
 
@@ -74,7 +92,7 @@ def child_environment(secret: str, *import_first: Path) -> dict[str, str]:
 
 
 class Launcher:
-    """One cluster: a router, its replicas, and the config file they follow."""
+    """One cluster: its routers, its replicas, and the config file they follow."""
 
     def __init__(
         self,
@@ -83,20 +101,21 @@ class Launcher:
         *,
         startup_timeout_s: float,
         bundled: bool = False,
+        routers_override: int | None = None,
     ) -> None:
+        """`routers_override`: `modelplex up --routers N`, already in `config`; it holds
+        against the `router.count` of edited configs too."""
         self.config_path = config_path.resolve()
+        self._routers_override = routers_override
         self._bundled = bundled
-        self.router_url = ""
         self._initial = config
         self._startup_timeout_s = startup_timeout_s
         self._env = child_environment(generate_secret(), self.config_path.parent)
         self._http: aiohttp.ClientSession | None = None
         self._control: ControlServer | None = None
         self._replicas: ReplicaSet | None = None
-        self._router: Supervised | None = None
+        self._routers: RouterSet | None = None
         self._router_generation: Generation | None = None
-        self._router_listening = asyncio.Event()
-        self._router_exited = asyncio.Event()
         self._starting_up = True
         self._fatal = False
         self._stop = asyncio.Event()
@@ -121,7 +140,7 @@ class Launcher:
             runtime=runtime,
             env=self._env,
             cwd=str(self.config_path.parent),
-            fetch_status=self._router_status,
+            fetch_statuses=self._router_statuses,
             on_exit=self._on_replica_exit,
         )
         try:
@@ -131,16 +150,31 @@ class Launcher:
             for signum in LAUNCHER_SIGNALS:
                 loop.remove_signal_handler(signum)
 
+    @property
+    def router_url(self) -> str:
+        """Where clients go: the port every router listens on ("" until the first does)."""
+        return "" if self._routers is None else self._routers.url
+
     async def _serve(self, runtime: RuntimeDir, replicas: ReplicaSet) -> int:
         first = replicas.new_generation(self._initial)
         replicas.pinned.add(first.number)
-        if not await self._start_router(first):
+        self._router_generation = first
+        routers = self._routers = RouterSet(
+            count=first.config.router.count,
+            config_file=replicas.config_file(first.number),
+            env=self._env,
+            cwd=str(self.config_path.parent),
+            stop_timeout_s=ROUTER_STOP_TIMEOUT_S,
+        )
+        started = await routers.start(
+            stop=self._stop, timeout_s=ROUTER_START_TIMEOUT_S, report=_report_exit
+        )
+        if not started:
             return 0 if self._stop.is_set() else 1
         port = int(self.router_url.rpartition(":")[2])
         runtime.settle(port)
-        assert self._router is not None
-        self._router.argv = self._router_argv()
-        replicas.router_url = self.router_url
+        routers.settle(replicas.config_file(first.number))
+        replicas.router_urls = list(routers.urls)
         self._control = ControlServer(
             apply=self.apply, state=self.state, secret=lambda: self._env[SECRET_ENV]
         )
@@ -153,6 +187,7 @@ class Launcher:
                 control_url=self._control.url,
                 token=self._control.token,
                 config_path=str(self.config_path),
+                router_urls=list(routers.urls),
             )
         )
         await replicas.adopt(first)
@@ -160,7 +195,12 @@ class Launcher:
             return 0 if self._stop.is_set() else 1
         self._starting_up = False
         text = banner(
-            self.router_url, self.config_path, first.config, pid=os.getpid(), bundled=self._bundled
+            self.router_url,
+            self.config_path,
+            first.config,
+            pid=os.getpid(),
+            bundled=self._bundled,
+            router_urls=routers.urls,
         )
         print(text, flush=True)
         watcher = asyncio.create_task(self._watch_config(), name="watch config")
@@ -173,7 +213,7 @@ class Launcher:
     def _on_signal(self) -> None:
         self._signals += 1
         if self._signals == 1:
-            log("stopping: draining the replicas, then the router (Ctrl-C again to kill now)")
+            log("stopping: draining the replicas, then the routers (Ctrl-C again to kill now)")
             self._stop.set()
         else:
             log("killing every child now")
@@ -188,9 +228,9 @@ class Launcher:
                 longest = max(slot.process.stop_timeout_s for slot in slots)
                 log(f"draining {len(slots)} replica(s), waiting up to {longest:g} s")
                 await self._stop_all([slot.process for slot in slots])
-        if self._router is not None:
-            log("stopping the router")
-            await self._stop_all([self._router])
+        if self._routers is not None and self._routers.processes:
+            log(f"stopping {len(self._routers.processes)} router(s)")
+            await self._stop_all(self._routers.processes)
         if self._control is not None:
             await self._control.close()
         if self._http is not None:
@@ -209,56 +249,19 @@ class Launcher:
             await stopped
         killer.cancel()
 
-    # -- the router --------------------------------------------------------------------------
+    # -- the routers -------------------------------------------------------------------------
 
-    def _router_argv(self) -> list[str]:
-        assert self._replicas is not None
-        assert self._router_generation is not None
-        config = self._replicas.config_file(self._router_generation.number)
-        argv = [sys.executable, "-m", "router", "--config", str(config)]
-        if self.router_url:  # a restart keeps the port, even one the system picked
-            argv += ["--port", self.router_url.rpartition(":")[2]]
-        return argv
+    async def _router_statuses(self) -> list[RouterStatusDocument | None]:
+        """Every router's `/-/status`, read on its own address; None for one that does not
+        answer (down, restarting)."""
+        assert self._routers is not None
+        return await self._routers.each(self._router_status)
 
-    async def _start_router(self, generation: Generation) -> bool:
-        self._router_generation = generation
-        self._router = Supervised(
-            "router",
-            self._router_argv(),
-            env=self._env,
-            cwd=str(self.config_path.parent),
-            stop_timeout_s=ROUTER_STOP_TIMEOUT_S,
-            on_line=self._on_router_line,
-            on_exit=self._on_router_exit,
-        )
-        self._router.start()
-        events = (self._router_listening, self._router_exited, self._stop)
-        waiters = [asyncio.create_task(event.wait()) for event in events]
-        await asyncio.wait(waiters, timeout=ROUTER_START_TIMEOUT_S, return_when="FIRST_COMPLETED")
-        for waiter in waiters:
-            waiter.cancel()
-        if self._router_listening.is_set() or self._stop.is_set():
-            return self._router_listening.is_set()
-        if self._router.last_exit is not None:
-            _report_exit("the router", self._router.last_exit)
-        else:
-            log(f"the router did not start listening within {ROUTER_START_TIMEOUT_S:g} s")
-        return False
-
-    def _on_router_line(self, stream: str, line: str) -> None:
-        match = _LISTENING.search(line) if stream == "stdout" else None
-        if match and not self.router_url:
-            self.router_url = reachable_url(match.group(1))
-            self._router_listening.set()
-
-    def _on_router_exit(self, info: ExitInfo) -> None:
-        self._router_exited.set()
-
-    async def _router_status(self) -> RouterStatusDocument | None:
+    async def _router_status(self, url: str) -> RouterStatusDocument | None:
         assert self._http is not None
         try:
             auth = {"Authorization": authorization_value(self._env[SECRET_ENV])}
-            async with self._http.get(f"{self.router_url}/-/status", headers=auth) as response:
+            async with self._http.get(f"{url}/-/status", headers=auth) as response:
                 if response.status != 200:
                     return None
                 data = await response.json()
@@ -292,9 +295,28 @@ class Launcher:
     # -- apply -------------------------------------------------------------------------------
 
     async def apply(self, config: ClusterConfig) -> dict[str, Any]:
-        """Reconcile to `config`'s deployment; router changes are reported, not applied."""
+        """Reconcile to `config`'s deployment; router changes are reported, not applied, and
+        a change of `router.count` is refused (`RestartRequired`)."""
         assert self._replicas is not None
-        return await self._replicas.apply(config, self._notes(config))
+        assert self._router_generation is not None
+        running = self._router_generation.config.router.count
+        notes = []
+        if self._routers_override is not None:
+            if config.router.count != running:
+                notes.append(
+                    f"router.count: {config.router.count!r} is overridden by `modelplex up "
+                    f"--routers {running}`"
+                )
+            config = dataclasses.replace(
+                config, router=dataclasses.replace(config.router, count=running)
+            )
+        if config.router.count != running:
+            raise RestartRequired(
+                "router.count",
+                f"{running} -> {config.router.count} needs a restart of `modelplex up` (replicas "
+                "learn their routers when they start); the cluster keeps running as it was",
+            )
+        return await self._replicas.apply(config, [*notes, *self._notes(config)])
 
     def _notes(self, config: ClusterConfig) -> list[str]:
         assert self._router_generation is not None
@@ -325,6 +347,7 @@ class Launcher:
         """What the launcher runs and how far it got: `GET /state` on the control port."""
         assert self._replicas is not None
         target = self._replicas.target.number if self._replicas.target is not None else 0
+        routers = [] if self._routers is None else self._routers.describe()
         return {
             "pid": os.getpid(),
             "router_url": self.router_url,
@@ -333,7 +356,9 @@ class Launcher:
             "converged_generation": self._replicas.converged,
             "converged": self._replicas.converged >= target,
             "progress": self._replicas.progress,
-            "router": None if self._router is None else self._router.describe(),
+            "router": routers[0] if routers else None,  # the first, as before there were more
+            "router_urls": [] if self._routers is None else list(self._routers.urls),
+            "routers": routers,
             "replicas": self._replicas.describe(),
         }
 
@@ -355,7 +380,10 @@ class Launcher:
                 message = str(err).removeprefix(f"{self.config_path}: ")
                 log(f"{self.config_path}: {message} (ignored: the cluster keeps running as it was)")
                 continue
-            await self.apply(config)
+            try:
+                await self.apply(config)
+            except ConfigError as err:
+                log(f"{self.config_path}: {err}")
 
 
 def _report_exit(name: str, info: ExitInfo) -> None:

@@ -1,4 +1,4 @@
-"""A local cluster for tests and benchmarks: a router and N replicas as real processes.
+"""A local cluster for tests and benchmarks: one or more routers and N replicas as real processes.
 
 `LocalCluster` writes a config (the router on 127.0.0.1 unless told otherwise, every port
 ephemeral) into a working directory, starts `python -m router` and N `python -m replica` as a
@@ -9,6 +9,12 @@ synchronous (a thread per child collects its output), so a test or a script driv
 event loop; `wait_for` is its one poll with a deadline.
 
 Unlike `modelplex up`, nothing is restarted: a test that kills a replica sees it stay down.
+
+With `routers` > 1 it starts that many routers as `modelplex up` does (`router.count`): the
+first on an ephemeral port, the others on the same port (SO_REUSEPORT), each with a direct
+address of its own; `url` is the shared port, `router_urls` the direct addresses, which every
+replica reports to. `kill_router(i)` and `restart_router(i)` (on the same ports) stand for a
+router's crash and the launcher's restart.
 
 With `tls` (the config's `tls` section) the router and the replicas listen with TLS as that
 section says, and the cluster reads status and metrics over https with the config's contexts.
@@ -30,18 +36,15 @@ import re
 import shutil
 import signal
 import ssl
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
@@ -50,38 +53,17 @@ from common.auth import authorization_value, generate_secret
 from common.config import parse_config
 from common.status import ReplicaStatusDocument, RouterStatusDocument
 from common.tls import Side, client_context
+from router.launch._child_process import TAIL_LINES, ChildProcess, ClusterFailed, wait_for
 from router.launch._launcher import child_environment
 
-__all__ = ["ChildProcess", "ClusterFailed", "LocalCluster", "ReplicaPlacement", "wait_for"]
+__all__ = ["LocalCluster", "ReplicaPlacement"]
 
 SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
-POLL_INTERVAL_S = 0.02
-STOP_TIMEOUT_S = 15.0
-TAIL_LINES = 30
-LISTENING = re.compile(r"listening on (https?://\S+)")
+DIRECT_ADDRESS = re.compile(r"modelplex router direct address (https?://\S+)")
 LOAD_COUNTER = re.compile(
     r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\}\s+(\S+)$", re.MULTILINE
 )
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]  # children import modelplex from here too
-
-_T = TypeVar("_T")
-
-
-class ClusterFailed(RuntimeError):
-    """A process of the cluster exited, or the cluster did not become ready in time."""
-
-
-def wait_for(condition: Callable[[], _T], timeout_s: float, what: str) -> _T:
-    """Poll `condition` until it returns something truthy, and return that; `TimeoutError`
-    naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def _get(
@@ -108,17 +90,21 @@ class ReplicaPlacement:
     host: str | None = None  # --host: the address it binds; None: the config's deployment.host
     port: int = 0  # --port: 0 = any free port
     advertise_url: str | None = None  # --advertise-url; None: the replica derives it
-    router_host: str | None = None  # where it reaches the router (same port); None: router URL
+    router_host: str | None = None  # where it reaches the routers (same ports); None: their URLs
 
-    def argv(self, replica_argv: Sequence[str], router_url: str) -> list[str]:
+    def argv(self, replica_argv: Sequence[str], router_urls: str | Sequence[str]) -> list[str]:
         """`replica_argv` (`python -m replica --config ... --replica-id ...`) with this
-        placement's prefix and flags, reporting to `router_url` or its `router_host`."""
-        router = router_url
-        if self.router_host is not None:
-            parsed = urllib.parse.urlsplit(router_url)
-            host = f"[{self.router_host}]" if ":" in self.router_host else self.router_host
-            router = parsed._replace(netloc=f"{host}:{parsed.port}").geturl()
-        argv = [*self.command_prefix, *replica_argv, "--router", router, "--port", str(self.port)]
+        placement's prefix and flags, reporting to every one of `router_urls` (or the same
+        ports on its `router_host`)."""
+        urls = [router_urls] if isinstance(router_urls, str) else list(router_urls)
+        reports: list[str] = []
+        for url in urls:
+            if self.router_host is not None:
+                parsed = urllib.parse.urlsplit(url)
+                host = f"[{self.router_host}]" if ":" in self.router_host else self.router_host
+                url = parsed._replace(netloc=f"{host}:{parsed.port}").geturl()
+            reports += ["--router", url]
+        argv = [*self.command_prefix, *replica_argv, *reports, "--port", str(self.port)]
         if self.host is not None:
             argv += ["--host", self.host]
         if self.advertise_url is not None:
@@ -126,81 +112,9 @@ class ReplicaPlacement:
         return argv
 
 
-class ChildProcess:
-    """A child process in its own session whose output (stdout and stderr interleaved) a
-    background thread collects in `lines`."""
-
-    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path):
-        self.name = name
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def url(self, timeout_s: float = 60.0) -> str:
-        """The URL of the first `listening on http://...` line; `ClusterFailed` if the process
-        exits first."""
-
-        def find() -> str:
-            for line in self.lines:
-                match = LISTENING.search(line)
-                if match:
-                    return match.group(1)
-            if not self.alive():
-                raise ClusterFailed(f"{self.name} exited:\n{self.output(TAIL_LINES)}")
-            return ""
-
-        return wait_for(find, timeout_s, f"{self.name} to listen")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.popen.send_signal(signum)
-
-    def wait(self, timeout_s: float = 30.0) -> int:
-        """The exit code, once the process has exited."""
-        return self.popen.wait(timeout=timeout_s)
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL after `timeout_s`; idempotent."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._reader.join(timeout=5)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-
-    def output(self, last: int | None = None) -> str:
-        """What the process printed, or its `last` lines."""
-        return "\n".join(self.lines if last is None else self.lines[-last:])
-
-
 class LocalCluster:
-    """A router and `num_replicas` replicas of `import_path` on this machine; a context manager.
+    """`routers` routers and `num_replicas` replicas of `import_path` on this machine; a
+    context manager.
 
     `deployment` and `router` hold further keys of the config's sections (the config's defaults
     otherwise), `tls` its `tls` section (relative paths are from `workdir`); `workdir` holds the
@@ -223,14 +137,22 @@ class LocalCluster:
         router_host: str = "127.0.0.1",
         placements: Mapping[str, ReplicaPlacement] | None = None,
         tls: Mapping[str, Any] | None = None,
+        routers: int = 1,
     ) -> None:
+        if routers < 1:
+            raise ValueError(f"routers must be >= 1, got {routers}")
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="modelplex-")) if workdir is None else workdir
         self.num_replicas = num_replicas
         self.secret = generate_secret()
         self.config_path = self.workdir / "cluster.yaml"
         config = {
-            "router": {**(router or {}), "host": router_host, "port": 0},
+            "router": {
+                **(router or {}),
+                "host": router_host,
+                "port": 0,
+                **({"count": routers} if routers > 1 else {}),
+            },
             "deployment": {
                 **(deployment or {}),
                 "import_path": import_path,
@@ -245,29 +167,54 @@ class LocalCluster:
         self.router_tls = client_context(tls_config, Side.ROUTER)
         self.replica_tls = client_context(tls_config, Side.REPLICA)
         self.config_path.write_text(yaml.safe_dump(config))
-        self.router: ChildProcess | None = None
+        self.router_processes: list[ChildProcess | None] = [None] * routers
         self.replicas: dict[str, ChildProcess] = {}
-        self.url = ""
+        self.url = ""  # where clients go: the port every router shares
+        self.router_urls: list[str] = []  # each router's direct address, the replicas' --router
         self._router_log_level = router_log_level
         self._ready_timeout_s = ready_timeout_s
         self._placements = dict(placements or {})
         self._env = child_environment(self.secret, self.workdir, _IMPORT_ROOT)
 
-    def start_router(self, port: int | None = None) -> ChildProcess:
-        """Start the router (again, after it died: on `port`, the one it had), as `start`
-        does; it becomes `self.router`, which `close` stops."""
+    @property
+    def router(self) -> ChildProcess | None:
+        """The first router's process (the only one unless `routers` > 1)."""
+        return self.router_processes[0]
+
+    def start_router(
+        self, port: int | None = None, *, index: int = 0, direct_port: int | None = None
+    ) -> ChildProcess:
+        """Start router `index` (again, after it died: on `port`, the one it had, and on
+        `direct_port`, its own), as `start` does; `close` stops it."""
         argv = [sys.executable, "-m", "router", "--config", str(self.config_path)]
         if port is not None:
             argv += ["--port", str(port)]
+        if direct_port is not None:
+            argv += ["--direct-port", str(direct_port)]
         if self._router_log_level is not None:
             argv += ["--log-level", self._router_log_level]
-        self.router = ChildProcess("router", argv, env=self._env, cwd=self.workdir)
-        return self.router
+        name = "router" if index == 0 else f"router-{index + 1}"
+        process = ChildProcess(name, argv, env=self._env, cwd=self.workdir)
+        self.router_processes[index] = process
+        return process
+
+    def _router_direct_url(self, process: ChildProcess) -> str:
+        """The direct address `process` printed; the URL it listens on when it is the only
+        router (it opens no other)."""
+        if len(self.router_processes) == 1:
+            return reachable_url(process.url(self._ready_timeout_s))
+        found = process.printed(DIRECT_ADDRESS, self._ready_timeout_s, "to print its address")
+        return reachable_url(found)
 
     def start(self) -> LocalCluster:
-        """Start the router, then the replicas; return once all of them are healthy."""
+        """Start the routers, then the replicas; return once all of them are healthy (on
+        every router)."""
         try:
-            self.url = reachable_url(self.start_router().url(self._ready_timeout_s))
+            first = self.start_router()
+            self.url = reachable_url(first.url(self._ready_timeout_s))
+            shared = urllib.parse.urlsplit(self.url).port
+            others = [self.start_router(shared, index=i) for i in range(1, self.num_routers)]
+            self.router_urls = [self._router_direct_url(p) for p in [first, *others]]
             for number in range(1, self.num_replicas + 1):
                 self.start_replica(f"replica-{number}")
             self.wait_healthy(self.num_replicas, self._ready_timeout_s)
@@ -279,14 +226,38 @@ class LocalCluster:
             raise
         return self
 
+    @property
+    def num_routers(self) -> int:
+        return len(self.router_processes)
+
+    def kill_router(self, index: int) -> None:
+        """SIGKILL router `index` and wait until it is gone (a crash)."""
+        process = self.router_processes[index]
+        if process is None:
+            raise ValueError(f"router {index} was never started")
+        process.popen.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stop()
+
+    def restart_router(self, index: int) -> ChildProcess:
+        """Start router `index` again on the shared port and its own, as the launcher restarts
+        a router; return once it listens (its replicas reconnect within half a second)."""
+        shared = urllib.parse.urlsplit(self.url).port
+        direct = urllib.parse.urlsplit(self.router_urls[index]).port
+        own = direct if self.num_routers > 1 else None
+        process = self.start_router(shared, index=index, direct_port=own)
+        if self._router_direct_url(process) != self.router_urls[index]:
+            raise ClusterFailed(f"{process.name} came back elsewhere:\n{process.output()}")
+        return process
+
     def start_replica(
         self, replica_id: str, *, placement: ReplicaPlacement | None = None
     ) -> ChildProcess:
-        """Start one more replica process (it joins the router; nothing waits for it), placed
+        """Start one more replica process (it joins every router; nothing waits for it), placed
         by `placement`, else by the cluster's placement for `replica_id`, else on loopback."""
         placement = placement or self._placements.get(replica_id) or ReplicaPlacement()
         replica_argv = [sys.executable, "-m", "replica", "--config", str(self.config_path)]
-        argv = placement.argv([*replica_argv, "--replica-id", replica_id], self.url)
+        argv = placement.argv([*replica_argv, "--replica-id", replica_id], self.router_urls)
         process = ChildProcess(replica_id, argv, env=self._env, cwd=self.workdir)
         self.replicas[replica_id] = process
         return process
@@ -301,19 +272,28 @@ class LocalCluster:
 
     # -- reading the cluster -------------------------------------------------------------------
 
-    def status(self) -> RouterStatusDocument:
-        """The router's `/-/status`."""
+    def status(self, router: int = 0) -> RouterStatusDocument:
+        """Router `router`'s `/-/status`, read on its direct address."""
+        url = self.router_urls[router] if self.router_urls else self.url
         document: RouterStatusDocument = json.loads(
-            _get(self.url + "/-/status", secret=self.secret, context=self.router_tls)
+            _get(url + "/-/status", secret=self.secret, context=self.router_tls)
         )
         return document
 
-    def healthy(self) -> list[ReplicaStatusDocument]:
-        return [r for r in self.status()["replicas"] if r["state"] == "healthy"]
+    def statuses(self) -> list[RouterStatusDocument]:
+        """Every router's `/-/status`, in router order."""
+        return [self.status(i) for i in range(self.num_routers)]
+
+    def healthy(self, router: int = 0) -> list[ReplicaStatusDocument]:
+        return [r for r in self.status(router)["replicas"] if r["state"] == "healthy"]
 
     def wait_healthy(self, count: int, timeout_s: float = 60.0) -> None:
-        """Wait until the router shows exactly `count` healthy replicas."""
-        wait_for(lambda: len(self.healthy()) == count, timeout_s, f"{count} healthy replicas")
+        """Wait until every router shows exactly `count` healthy replicas."""
+        wait_for(
+            lambda: all(len(self.healthy(i)) == count for i in range(self.num_routers)),
+            timeout_s,
+            f"{count} healthy replicas on {self.num_routers} router(s)",
+        )
 
     def replica_urls(self) -> dict[str, str]:
         return {r["replica_id"]: r["url"] for r in self.status()["replicas"]}
@@ -335,25 +315,29 @@ class LocalCluster:
         return counts
 
     def pids(self) -> dict[str, int]:
-        """Process ids by name: "router", "replica-1", ..."""
-        named = {"router": self.router.pid} if self.router is not None else {}
+        """Process ids by name: "router" (then "router-2", ...), "replica-1", ..."""
+        named = {p.name: p.pid for p in self.router_processes if p is not None}
         return named | {name: p.pid for name, p in self.replicas.items()}
 
     def logs(self, last: int | None = None) -> str:
         """What each process printed (or its `last` lines), for an error message."""
-        processes = [p for p in [self.router, *self.replicas.values()] if p is not None]
+        routers = [p for p in self.router_processes if p is not None]
+        processes = [*routers, *self.replicas.values()]
         return "\n".join(f"--- {p.name}\n{p.output(last)}" for p in processes)
 
     # -- stopping ------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Stop the replicas (all signalled at once, so they drain in parallel), then the
-        router; remove the working directory if this cluster made it. Idempotent."""
+        routers; remove the working directory if this cluster made it. Idempotent."""
         for process in self.replicas.values():
             process.signal(signal.SIGTERM)
         for process in self.replicas.values():
             process.stop()
-        if self.router is not None:
-            self.router.stop()
+        routers = [p for p in self.router_processes if p is not None]
+        for process in routers:
+            process.signal(signal.SIGTERM)
+        for process in routers:
+            process.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -6,8 +6,10 @@ Invariants:
 - One reconcile runs at a time. `apply` cancels the running one and plans afresh from the
   replicas that exist; a drain already begun runs to its end, and a draining replica keeps its
   id until its process has exited.
-- A reconcile step starts replicas, waits until the router shows them healthy, then drains:
-  capacity never drops below the smaller of the old and the new count.
+- A reconcile step starts replicas, waits until the routers show them healthy (every router
+  that answers), then drains: capacity never drops below the smaller of the old and the new
+  count.
+- Every replica reports to every router, by each router's own address (`router_urls`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from common.status import RouterStatusDocument
 from router.launch._control import RuntimeDir
 from router.launch._plan import Plan, ReplicaRecord, plan_reconcile, replica_number
 from router.launch._supervisor import ExitInfo, Supervised, log
-from router.launch._text import healthy_replicas
+from router.launch._text import healthy_everywhere
 
 __all__ = ["Generation", "ReplicaSet", "ReplicaSlot"]
 
@@ -35,7 +37,8 @@ DRAIN_MARGIN_S = 5.0  # on top of graceful_shutdown_timeout_s before a replica i
 POLL_INTERVAL_S = 0.25
 _LISTENING = re.compile(r"modelplex replica (\S+) listening on (\S+)")
 
-StatusFetcher = Callable[[], Awaitable[RouterStatusDocument | None]]
+StatusFetcher = Callable[[], Awaitable[list[RouterStatusDocument | None]]]
+"""Every router's status, None for one that did not answer."""
 
 
 @dataclass(frozen=True)
@@ -66,18 +69,18 @@ class ReplicaSet:
         runtime: RuntimeDir,
         env: Mapping[str, str],
         cwd: str,
-        fetch_status: StatusFetcher,
+        fetch_statuses: StatusFetcher,
         on_exit: Callable[[str, ExitInfo], None],
     ) -> None:
         self.runtime = runtime
-        self.router_url = ""
+        self.router_urls: list[str] = []  # each router's own address
         self.target: Generation | None = None
         self.converged = 0  # the last generation a reconcile finished
         self.pinned: set[int] = set()  # generations in use outside the replicas (the router's)
         self.progress = ""
         self._env = dict(env)
         self._cwd = cwd
-        self._fetch_status = fetch_status
+        self._fetch_statuses = fetch_statuses
         self._on_exit = on_exit
         self._slots: dict[str, ReplicaSlot] = {}
         self._generations: dict[int, Generation] = {}
@@ -203,7 +206,9 @@ class ReplicaSet:
             "--config",
             str(self.config_file(generation.number)),
         ]
-        argv += ["--replica-id", replica_id, "--router", self.router_url]
+        argv += ["--replica-id", replica_id]
+        for url in self.router_urls:
+            argv += ["--router", url]
         process = Supervised(
             replica_id,
             argv,
@@ -236,7 +241,7 @@ class ReplicaSet:
 
     async def _wait_healthy(self, replica_ids: Sequence[str]) -> None:
         while True:
-            healthy = healthy_replicas(await self._fetch_status())
+            healthy = healthy_everywhere(await self._fetch_statuses())
             waiting = [
                 r
                 for r in replica_ids

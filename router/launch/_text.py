@@ -19,6 +19,8 @@ __all__ = [
     "banner",
     "fail",
     "format_status",
+    "format_statuses",
+    "healthy_everywhere",
     "healthy_replicas",
     "status_document",
 ]
@@ -44,6 +46,16 @@ def healthy_replicas(status: RouterStatusDocument | None) -> dict[str, str]:
     return {r["replica_id"]: r["url"] for r in status["replicas"] if r["state"] == "healthy"}
 
 
+def healthy_everywhere(statuses: Sequence[RouterStatusDocument | None]) -> dict[str, str]:
+    """Replica id -> URL for the replicas healthy, at that URL, on every router that answered
+    (None: it did not); nothing when none answered."""
+    answered = [healthy_replicas(status) for status in statuses if status is not None]
+    if not answered:
+        return {}
+    first, *others = answered
+    return {rid: url for rid, url in first.items() if all(o.get(rid) == url for o in others)}
+
+
 def curl_example(router_url: str, config: ClusterConfig) -> str:
     """A request the user can paste to try the cluster."""
     if config.deployment.import_path == TENANTS_IMPORT_PATH:
@@ -53,11 +65,23 @@ def curl_example(router_url: str, config: ClusterConfig) -> str:
 
 
 def banner(
-    router_url: str, config_path: Path, config: ClusterConfig, *, pid: int, bundled: bool
+    router_url: str,
+    config_path: Path,
+    config: ClusterConfig,
+    *,
+    pid: int,
+    bundled: bool,
+    router_urls: Sequence[str] = (),
 ) -> str:
     """The lines `modelplex up` prints once every replica is healthy. `bundled`: the config is
-    the example shipped with modelplex, which is copied rather than edited in place."""
+    the example shipped with modelplex, which is copied rather than edited in place;
+    `router_urls`: each router's own address, named when there are several."""
     count = config.deployment.num_replicas
+    routers = (
+        [f"  routers: {len(router_urls)} share {router_url}; their own: {', '.join(router_urls)}"]
+        if len(router_urls) > 1
+        else []
+    )
     if bundled:
         scale = [
             f"  scale:  cp {config_path} my-cluster.yaml, edit num_replicas, then",
@@ -73,6 +97,7 @@ def banner(
             f"modelplex is serving {config.deployment.import_path} on {router_url} "
             f"with {count} replica{'' if count == 1 else 's'}",
             f"  try:    {curl_example(router_url, config)}",
+            *routers,
             f"  status: modelplex status{'' if bundled else f' {config_path}'}",
             *scale,
             f"  stop:   Ctrl-C here, or kill {pid}",
@@ -117,7 +142,9 @@ def format_status(status: RouterStatusDocument) -> str:
     ]
     header = ["REPLICA", "STATE", "IN-FLIGHT", "MODELS (LRU -> MRU, * in use)", "LOADING", "URL"]
     healthy = sum(1 for r in replicas if r["state"] == "healthy")
-    lines = [f"router {_cell(router['url'])}: {healthy}/{len(replicas)} replicas healthy"]
+    direct = router.get("direct_url") or router["url"]  # absent from an older router
+    where = _cell(router["url"]) + ("" if direct == router["url"] else f" (its own: {direct})")
+    lines = [f"router {where}: {healthy}/{len(replicas)} replicas healthy"]
     lines += _table(header, rows) if rows else ["(no replicas have reported)"]
     if router["counters"]:
         text = "  ".join(f"{key}={value}" for key, value in router["counters"].items())
@@ -130,6 +157,17 @@ def format_status(status: RouterStatusDocument) -> str:
             f"{failure['age_s']:.0f} s ago: {_cell(failure['message'])}"
         )
     return "\n".join(lines)
+
+
+def format_statuses(statuses: Sequence[tuple[str, RouterStatusDocument | None]]) -> str:
+    """Several routers' status, each as `format_status` shows it, one that did not answer
+    said so; `statuses` pairs each router's own URL with its document (None: no answer)."""
+    blocks = [
+        format_status(status) if status is not None else f"router {url}: not answering"
+        for url, status in statuses
+    ]
+    up = sum(1 for _, status in statuses if status is not None)
+    return "\n\n".join([f"{up}/{len(statuses)} routers answering", *blocks])
 
 
 def fail(message: str, code: int = 1) -> int:

@@ -25,6 +25,7 @@ FULL_YAML = """\
 router:
   host: 0.0.0.0
   port: 9000
+  count: 3
   max_queued_requests: 50
   queue_timeout_s: 2.5
   request_timeout_s: 60
@@ -94,6 +95,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
     assert config.router == RouterConfig(
         host="0.0.0.0",
         port=9000,
+        count=3,
         max_queued_requests=50,
         queue_timeout_s=2.5,
         request_timeout_s=60.0,
@@ -175,6 +177,9 @@ def test_wrong_type_names_key_expected_type_and_value() -> None:
         ("router", "retry_on_replica_failure", "yes"),
         ("router", "retry_on_replica_failure", 1),
         ("router", "queue_timeout_s", "30"),
+        ("router", "count", "2"),
+        ("router", "count", 2.0),
+        ("router", "count", None),
         ("deployment", "import_path", None),
         ("deployment", "init_kwargs", ["a"]),
         ("deployment", "init_kwargs", {1: "a"}),
@@ -197,6 +202,7 @@ def test_wrong_types_are_rejected(section: str, key: str, value: object) -> None
     [
         ("router", "port"),
         ("router", "max_queued_requests"),
+        ("router", "count"),
         ("deployment", "num_replicas"),
         ("deployment", "max_ongoing_requests"),
         ("deployment", "max_num_models_per_replica"),
@@ -224,6 +230,9 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
     [
         ("router", "port", 70000),
         ("router", "port", -1),
+        ("router", "count", 0),
+        ("router", "count", -2),
+        ("router", "count", 65),
         ("router", "max_queued_requests", -1),
         ("router", "max_replay_body_bytes", -1),
         ("router", "popular_model_patience", -1),
@@ -255,6 +264,13 @@ def test_impossible_values_are_rejected(section: str, key: str, value: object) -
     data = deployment()
     data.setdefault(section, {})[key] = value
     assert config_error(data).key == f"{section}.{key}"
+
+
+def test_router_count_defaults_to_one_and_says_what_it_takes() -> None:
+    assert parse_config(deployment()).router.count == 1
+    assert parse_config({**deployment(), "router": {"count": 4}}).router.count == 4
+    err = config_error({**deployment(), "router": {"count": 0}})
+    assert str(err) == "router.count: must be an integer from 1 to 64, got 0"
 
 
 def test_port_range_edges_are_accepted() -> None:

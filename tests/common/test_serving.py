@@ -8,7 +8,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from common.serving import CannotListen, HttpLimits, listening, until_signal
+from common.serving import (
+    Address,
+    CannotListen,
+    HttpLimits,
+    listening,
+    listening_on,
+    until_signal,
+)
 
 
 async def hello(request: web.Request) -> web.Response:
@@ -43,6 +50,54 @@ async def test_a_port_in_use_is_cannot_listen() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(CannotListen):
             async with listening(app(), "127.0.0.1", port):
+                pass
+
+
+def named(name: str) -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=name)
+
+    application = web.Application()
+    application.router.add_get("/", answer)
+    return application
+
+
+async def test_servers_that_set_reuse_port_share_one_port_and_each_answers_on_its_own_too() -> None:
+    first = listening_on(named("a"), [Address(host="127.0.0.1", port=0, reuse_port=True)])
+    async with first as (shared,):
+        second = listening_on(
+            named("b"),
+            [
+                Address(host="127.0.0.1", port=shared, reuse_port=True),
+                Address(host="127.0.0.1", port=0),
+            ],
+        )
+        async with second as (joined, own), aiohttp.ClientSession() as session:
+            assert joined == shared
+            assert own not in (0, shared)
+            async with session.get(f"http://127.0.0.1:{own}/") as r:
+                assert await r.text() == "b"
+            seen: set[str] = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while seen != {"a", "b"}:  # each new connection goes to either server
+                assert loop.time() < deadline, f"only {seen} answered on the shared port"
+                headers = {"Connection": "close"}
+                async with session.get(f"http://127.0.0.1:{shared}/", headers=headers) as r:
+                    seen.add(await r.text())
+
+
+async def test_a_port_taken_without_reuse_port_cannot_be_shared_and_nothing_stays_open() -> None:
+    async with listening(app(), "127.0.0.1", 0) as taken:
+        other = listening_on(
+            app(),
+            [
+                Address(host="127.0.0.1", port=0),
+                Address(host="127.0.0.1", port=taken, reuse_port=True),
+            ],
+        )
+        with pytest.raises(CannotListen):
+            async with other:
                 pass
 
 
