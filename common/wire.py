@@ -19,6 +19,9 @@ Invariants:
 - Model ids in snapshots are non-empty and pass `common.model_id.validate_model_id`; no id
   appears twice among `models`, nor twice among `loading`.
 - Ages, not timestamps, cross the wire (`idle_s`), so the two clocks never need to agree.
+- `hits` (optional, one number per entry of `models`, in the same order) is how often each
+  model was asked for, decayed by time on the replica: every router reads the same worth of
+  a resident model from it, whatever share of the traffic it saw itself.
 
 Validation uses plain `type(...) is` checks on purpose: the router decodes thousands of
 snapshots a second in a large cluster.
@@ -88,7 +91,7 @@ _SNAPSHOT_FIELDS = frozenset(
         "load_ms_avg",
     }
 )
-_OPTIONAL_SNAPSHOT_FIELDS = frozenset({"max_concurrent_loads", "load_failures"})
+_OPTIONAL_SNAPSHOT_FIELDS = frozenset({"max_concurrent_loads", "load_failures", "hits"})
 MAX_FAILURE_MESSAGE_CHARS = 500
 """A load failure's message is cut to this many characters."""
 MAX_LOAD_FAILURES = 64
@@ -112,6 +115,8 @@ class ModelEntry:
     """Seconds since the model was last used (>= 0), measured on the replica."""
     in_use: int
     """Requests currently holding (pinning) the model, >= 0."""
+    hits: float = 0.0
+    """How often it was asked for (decayed by time; the router's count seeds a new load)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -186,6 +191,8 @@ def encode_snapshot(snapshot: ReplicaSnapshot) -> bytes:
     }
     if snapshot.max_concurrent_loads is not None:
         payload["max_concurrent_loads"] = snapshot.max_concurrent_loads
+    if any(m.hits for m in snapshot.models):
+        payload["hits"] = [m.hits for m in snapshot.models]
     if snapshot.load_failures:
         payload["load_failures"] = [
             [f.model_id, f.message, f.age_s] for f in snapshot.load_failures
@@ -289,7 +296,7 @@ def _snapshot_from_payload(payload: dict[Any, Any]) -> ReplicaSnapshot:
         sequence=_integer(payload, "sequence", 0),
         url=url,
         capacity=capacity,
-        models=_models(payload["models"]),
+        models=_models(payload["models"], payload.get("hits")),
         loading=_loading(payload["loading"]),
         in_flight=_integer(payload, "in_flight", 0),
         max_ongoing_requests=_integer(payload, "max_ongoing_requests", 1),
@@ -330,7 +337,8 @@ def _load_failures(raw: Any) -> tuple[LoadFailure, ...]:
     return tuple(failures)
 
 
-def _models(raw: Any) -> tuple[ModelEntry, ...]:
+def _models(raw: Any, raw_hits: Any) -> tuple[ModelEntry, ...]:
+    hits = _hits(raw_hits, len(raw) if type(raw) is list else 0)
     entries: list[ModelEntry] = []
     for index, model_id, idle_s, in_use in _per_model(raw, "models", "[model_id, idle_s, in_use]"):
         if type(in_use) is not int or in_use < 0:
@@ -339,8 +347,24 @@ def _models(raw: Any) -> tuple[ModelEntry, ...]:
             )
         if type(idle_s) is not float or not (0.0 <= idle_s < math.inf):
             idle_s = _non_negative_float(idle_s, f"models[{index}]: idle_s")
-        entries.append(ModelEntry(model_id=model_id, idle_s=idle_s, in_use=in_use))
+        entries.append(
+            ModelEntry(
+                model_id=model_id, idle_s=idle_s, in_use=in_use, hits=hits[index] if hits else 0.0
+            )
+        )
     return tuple(entries)
+
+
+def _hits(raw: Any, models: int) -> list[float] | None:
+    """The optional `hits` array: one finite number >= 0 per entry of `models`."""
+    if raw is None:
+        return None
+    if type(raw) is not list or len(raw) != models:
+        raise WireError(f"field 'hits' must be an array of {models} numbers, one per model")
+    return [
+        h if type(h) is float and 0.0 <= h < math.inf else _non_negative_float(h, f"hits[{index}]")
+        for index, h in enumerate(raw)
+    ]
 
 
 def _loading(raw: Any) -> tuple[str, ...]:

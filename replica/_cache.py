@@ -204,11 +204,12 @@ class ModelCache(Generic[M]):
         self.metrics.get_model_requests += 1
         scope = current_scope()
         hint = scope.evict_hint if scope is not None else None
+        seed = scope.seed_hits if scope is not None else 0.0
         deadline: float | None = None
         while True:
             if self._closed:
                 raise CacheClosed("the model cache is shut down; the replica is draining")
-            got = self._core.acquire(model_id, self._clock(), evict_hint=hint)
+            got = self._core.acquire(model_id, self._clock(), evict_hint=hint, seed_hits=seed)
             if got.kind is Acquisition.RESIDENT:
                 return self._hold(model_id, self._models[model_id], scope)
             if got.kind is Acquisition.NEW_LOAD:

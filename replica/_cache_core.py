@@ -24,6 +24,9 @@ Invariants it keeps:
   released. Until then a get still pins it (refusing would only make the request wait for a
   reload of the very same model), but `state()` leaves it out: the replica no longer reports
   it, so routers stop sending its requests here and its pins run out.
+- every acquire of a model counts one hit, decayed by time (half-life `HITS_HALF_LIFE_S`); a
+  new load starts from the router's count of the model (`seed_hits`), so a reloaded favourite
+  keeps its worth. Every router reads the same hits from the reports.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from common.wire import UNLIMITED_CAPACITY as UNLIMITED
 
 __all__ = [
+    "HITS_HALF_LIFE_S",
     "UNLIMITED",
     "Acquired",
     "Acquisition",
@@ -45,11 +49,24 @@ __all__ = [
 ]
 
 
+HITS_HALF_LIFE_S = 600.0
+"""How long a hit takes to count half: a favourite of an hour ago fades out within the hour."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResidentModel:
     model_id: str
     last_used: float  # on the cache's clock, seconds
     pins: int
+    hits: float = 0.0  # decayed to `last_used`
+
+    def hits_at(self, now: float) -> float:
+        """Its hits decayed to `now` (on the cache's clock)."""
+        return decayed(self.hits, now - self.last_used)
+
+
+def decayed(hits: float, age_s: float) -> float:
+    return hits * 0.5 ** (max(0.0, age_s) / HITS_HALF_LIFE_S) if hits else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +117,14 @@ class _Phase(enum.Enum):
 
 
 class _Entry:
-    __slots__ = ("evicting", "last_used", "model_id", "phase", "pins")
+    __slots__ = ("evicting", "hits", "last_used", "model_id", "phase", "pins")
 
-    def __init__(self, model_id: str, phase: _Phase, now: float) -> None:
+    def __init__(self, model_id: str, phase: _Phase, now: float, hits: float) -> None:
         self.model_id = model_id
         self.phase = phase
         self.pins = 0
         self.last_used = now
+        self.hits = hits  # decayed to last_used
         self.evicting = False
 
 
@@ -144,7 +162,9 @@ class CacheCore:
             if entry.evicting:
                 continue
             if entry.phase is _Phase.RESIDENT:
-                models.append(ResidentModel(entry.model_id, entry.last_used, entry.pins))
+                models.append(
+                    ResidentModel(entry.model_id, entry.last_used, entry.pins, entry.hits)
+                )
             else:
                 loading.append(entry.model_id)
         return CacheState(self._capacity, tuple(models), tuple(loading), self.max_concurrent_loads)
@@ -172,9 +192,17 @@ class CacheCore:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def acquire(self, model_id: str, now: float, *, evict_hint: str | None = None) -> Acquired:
+    def acquire(
+        self,
+        model_id: str,
+        now: float,
+        *,
+        evict_hint: str | None = None,
+        seed_hits: float = 0.0,
+    ) -> Acquired:
         """A get of `model_id` at `now`: pin it (its most recent use), or take a slot for its
-        load, evicting `evict_hint` or the LRU choice if the cache is full."""
+        load, evicting `evict_hint` or the LRU choice if the cache is full. A new load's hits
+        start from `seed_hits` (the router's count of the model, this request included)."""
         entries = self._entries
         entry = entries.get(model_id)
         if entry is None:
@@ -185,7 +213,8 @@ class CacheCore:
                     return _NO_SLOT
                 del entries[victim.model_id]
             turn = self._take_turn(model_id)
-            entry = _Entry(model_id, _Phase.LOADING if turn else _Phase.QUEUED, now)
+            phase = _Phase.LOADING if turn else _Phase.QUEUED
+            entry = _Entry(model_id, phase, now, max(1.0, seed_hits))
             entry.pins = 1
             entries[model_id] = entry
             if victim is None:
@@ -193,6 +222,7 @@ class CacheCore:
             hinted = victim.model_id == evict_hint
             return Acquired(Acquisition.NEW_LOAD, victim.model_id, hinted, turn)
         entries.move_to_end(model_id)
+        entry.hits = decayed(entry.hits, now - entry.last_used) + 1.0
         entry.last_used = now
         entry.pins += 1
         return _RESIDENT if entry.phase is _Phase.RESIDENT else _LOADING

@@ -29,11 +29,15 @@ class RequestScope:
         "failed_load",
         "model_id",
         "request_id",
+        "seed_hits",
         "waited_for_load",
     )
 
-    def __init__(self, model_id: str, evict_hint: str = "", request_id: str = "") -> None:
+    def __init__(
+        self, model_id: str, evict_hint: str = "", request_id: str = "", seed_hits: float = 0.0
+    ) -> None:
         self.model_id = model_id
+        self.seed_hits = seed_hits  # the router's count of the model's requests, for a new load
         self.request_id = request_id
         self.evict_hint = evict_hint  # the model the router asked this replica to give up
         self.waited_for_load = False
@@ -72,15 +76,16 @@ def current_scope() -> RequestScope | None:
 
 @contextmanager
 def request_context(
-    model_id: str, *, evict_hint: str = "", request_id: str = ""
+    model_id: str, *, evict_hint: str = "", request_id: str = "", seed_hits: float = 0.0
 ) -> Iterator[RequestScope]:
     """Serve one request for `model_id`: set the id and release the request's pins at the end.
 
     The replica server wraps every request in this; tests use it to call a deployment as a
     request would. `evict_hint` names the model to give up if this request needs a slot
     (the router's choice); when it cannot be evicted the cache's own LRU rule applies.
+    `seed_hits`: the router's count of the model's requests, where a new load's hits start.
     """
-    scope = RequestScope(model_id, evict_hint, request_id)
+    scope = RequestScope(model_id, evict_hint, request_id, seed_hits)
     id_token = _model_id.set(model_id)
     scope_token = _scope.set(scope)
     try:

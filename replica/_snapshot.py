@@ -106,16 +106,22 @@ def _merged_models(states: Sequence[CacheState], now: float) -> tuple[ModelEntry
         for state in states:
             for m in state.models:
                 seen = merged.get(m.model_id)
-                merged[m.model_id] = (
-                    m
-                    if seen is None
-                    else ResidentModel(
-                        m.model_id, max(seen.last_used, m.last_used), seen.pins + m.pins
+                if seen is None:
+                    merged[m.model_id] = m
+                else:
+                    last_used = max(seen.last_used, m.last_used)
+                    hits = seen.hits_at(last_used) + m.hits_at(last_used)
+                    merged[m.model_id] = ResidentModel(
+                        m.model_id, last_used, seen.pins + m.pins, hits
                     )
-                )
         models = sorted(merged.values(), key=lambda m: m.last_used)
     entries = [
-        ModelEntry(model_id=m.model_id, idle_s=max(0.0, float(now - m.last_used)), in_use=m.pins)
+        ModelEntry(
+            model_id=m.model_id,
+            idle_s=max(0.0, float(now - m.last_used)),
+            in_use=m.pins,
+            hits=round(m.hits_at(now), 3),
+        )
         for m in models
         if _reportable(m.model_id)
     ]

@@ -57,6 +57,7 @@ CREDENTIAL_HEADER = istr(headers.CREDENTIAL_HEADER)
 REQUEST_ID = istr(REQUEST_ID_HEADER)
 LOAD_FAILED_HEADER = istr(headers.LOAD_FAILED_HEADER)
 CACHE_HEADER = istr(headers.CACHE_HEADER)
+DEMAND_HEADER = istr(headers.DEMAND_HEADER)
 _RETRY_AFTER = istr("Retry-After")
 _RESERVED_METHODS = frozenset({"GET", "HEAD"})
 
@@ -238,9 +239,12 @@ class ReplicaServer:
         if self.draining:
             self._last_arrival = asyncio.get_running_loop().time()
         evict_hint = request.headers.get(EVICT_HEADER, "") if from_router else ""
+        seed = _seed_hits(request.headers.get(DEMAND_HEADER)) if from_router else 0.0
         request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
         try:
-            with request_context(model_id, evict_hint=evict_hint, request_id=request_id) as scope:
+            with request_context(
+                model_id, evict_hint=evict_hint, request_id=request_id, seed_hits=seed
+            ) as scope:
                 return await self._serve(request, scope)
         finally:
             self.in_flight -= 1
@@ -358,7 +362,11 @@ class ReplicaServer:
             known = ", ".join(sorted({cache.name for cache in runtime.caches()}))
             message = f"no @multiplexed loader is named {name!r}; this replica has: {known}"
             return self._stamped(error_response(404, "unknown_cache", message))
-        with request_context(model_id, evict_hint=request.headers.get(EVICT_HEADER, "")):
+        with request_context(
+            model_id,
+            evict_hint=request.headers.get(EVICT_HEADER, ""),
+            seed_hits=_seed_hits(request.headers.get(DEMAND_HEADER)),
+        ):
             outcomes = await asyncio.gather(
                 *(cache.get(model_id) for cache in caches), return_exceptions=True
             )
@@ -436,3 +444,11 @@ class ReplicaServer:
                 body=self._metrics.render(), headers={"Content-Type": CONTENT_TYPE}
             ),
         )
+
+
+def _seed_hits(value: str | None) -> float:
+    """The router's count of a model's requests (`x-modelplex-demand`); 0 when absent or not
+    a plain count (it only seeds a new load's hits, so a bad one is ignored, not refused)."""
+    if not value or len(value) > 12 or not (value.isascii() and value.isdigit()):
+        return 0.0
+    return float(value)

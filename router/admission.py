@@ -69,6 +69,9 @@ class Admitted:
     url: str
     cold: bool  # this request makes the replica load the model
     evict: str | None  # the model the replica was told to give up for it
+    # The router's count of requests for the model, sent with a cold dispatch: the replica's
+    # hits for the new load start from it, so every router reads its worth from the reports.
+    demand: int = 0
 
 
 @dataclass(slots=True)
@@ -243,7 +246,8 @@ class AdmissionQueue(Generic[R]):
     def _dispatch(self, route: Route, model_id: str, now: float) -> Admitted:
         replica = route.replica
         cold = self.view.dispatch(replica.replica_id, model_id, now, evict=route.evict)
-        return Admitted(replica.replica_id, replica.url, cold, route.evict)
+        demand = self.view.demand.frequency(model_id) if cold else 0
+        return Admitted(replica.replica_id, replica.url, cold, route.evict, demand)
 
     def _enqueue(
         self,

@@ -22,6 +22,7 @@ from a clock or the network. The live router and `scripts/simulate` run the same
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -85,12 +86,15 @@ _NO_PLANS: Final[Mapping[str, int]] = {}
 @dataclass(slots=True)
 class _Victim:
     replica: ReplicaView
-    model_id: str
-    worth: int  # -1 for a spare copy, else the model's recent request count
-    cheapest_busy: int | None
+    model_id: str  # its cheapest model by the reports, which `worth` is the worth of
+    worth: float  # -1 for a spare copy, else the model's hits (or recent request count)
+    cheapest_busy: float | None
     # Models in use or loading (so not evictable now): (worth, when expected to be free).
-    busy: list[tuple[int, float]]
+    busy: list[tuple[float, float]]
     load_start_at: float = 0.0  # when a load could start on the victim's replica
+    # What it is told to give up: its cheapest model that none of this router's requests
+    # uses (None: every one is in use, so the request waits for one to end).
+    evict: str | None = None
     idle: _Victim | None = None  # the cheapest model on a replica with nothing to do
 
 
@@ -101,6 +105,7 @@ _SLOT_WAIT_LOADS: Final = 1.25
 _ANY: Final = 1 << 30  # load turns: any replica, however many loads it has queued
 _NO_REPLICA: Final = Reject("no replica is available")
 _NONE: Final[frozenset[str]] = frozenset()
+_FREE_SCANNED: Final = 256  # replicas with a free slot looked at per placement, at most
 
 
 class Policy(Protocol):
@@ -369,6 +374,8 @@ class ModelplexPolicy:
             start_at = free.load_schedule(now, view.demand.load_s)[1]
             if start_at > now:
                 return None if value is not None else Wait(for_slot=True, until=start_at)
+            if not free.has_room:
+                return None if value is not None else WAIT  # for one of our requests there
             return free, None
         if found is None:
             return None
@@ -382,8 +389,10 @@ class ModelplexPolicy:
                 if found.idle is None:
                     return wait
                 # No replica that could load the model sits idle while a request waits.
-                return found.idle.replica, found.idle.model_id
-        return found.replica, found.model_id
+                found = found.idle
+        if found.evict is None or not found.replica.has_room:
+            return None if value is not None else WAIT  # for one of our requests there to end
+        return found.replica, found.evict
 
     def _wait_for_slot(
         self, view: ClusterView, model_id: str, found: _Victim, now: float
@@ -422,9 +431,9 @@ class ModelplexPolicy:
     ) -> tuple[ReplicaView | None, _Victim | None]:
         """A free slot, else the cheapest victim: on a replica whose loader is free (within
         the load bound if possible), then behind a busy loader (likewise)."""
-        limit = self._load_limit(view)
+        limit = self._load_limit(view, model_id)
         for bound, turns in ((limit, 0), (math.inf, 0), (limit, _ANY), (math.inf, _ANY)):
-            free = self._free_target(view, exclude, bound, turns)
+            free = self._free_target(view, model_id, exclude, bound, turns, now)
             if free is not None:
                 return free, None
             found = self._victim(view, model_id, exclude, bound, planned, turns, now)
@@ -442,33 +451,40 @@ class ModelplexPolicy:
         turns: int,
         now: float,
     ) -> _Victim | None:
-        """The cheapest evictable model on the candidate replicas (spare copies first, then
-        the least frequently used, then the least recently used)."""
+        """The replica with the cheapest evictable model (spare copies first, then the least
+        frequently used, then the least recently used), and what it gives up.
+
+        The choice rests on what every router reads alike in the reports (the models' hits,
+        the replicas' load), with ties broken by rendezvous hashing on the model id, so
+        routers whose own traffic differs choose the same replica for a cold model and a first
+        request reaching each of them at once makes one load. Only a model in use rules a
+        replica's cheapest out, and a router knows its own requests before the others do.
+        """
         demand = view.demand
         counts = demand.counts
         holders = view.holders
-        best_worth = 1 << 62
-        best_used = 0.0
+        best: tuple[float, float, bytes] | None = None
         victim: _Victim | None = None
-        cheapest_busy: int | None = None  # a model that will be evictable once its use ends
-        busy: list[tuple[int, float]] = []
+        cheapest_busy: float | None = None  # a model that will be evictable once its use ends
+        busy: list[tuple[float, float]] = []
         idle: _Victim | None = None
-        best_idle_used = 0.0
-        for replica in self._candidates(view):
-            if replica.replica_id in exclude or not replica.has_room:
+        best_idle: tuple[float, float, bytes] | None = None
+        for replica in self._candidates(view, model_id):
+            if replica.replica_id in exclude or not _within(replica, bound):
                 continue
-            if replica.in_flight > bound or model_id in replica.models:
+            if model_id in replica.models:
                 continue
             if turns != _ANY and replica.load_turns > turns:
                 continue
             schedule: dict[str, float] | None = None  # built at the first loading model
             start_next = now  # when a load could start here: now, unless loads are queued
+            # Idle by this router's count too: a router that thinks otherwise only waits.
             replica_idle = replica.in_flight == 0 and replica.reported_in_flight == 0
-            local: tuple[int, float, str] | None = None  # this replica's cheapest model
+            shared: tuple[float, float, str] | None = None  # its cheapest model, by the reports
+            local: tuple[float, float, str] | None = None  # its cheapest model free of ours
             for name, copy in replica.models.items():
-                worth = counts.get(name, 0)
-                if copy.loading or copy.in_flight > 0 or copy.reported_in_use > 0:
-                    replica_idle = False
+                worth: float = counts.get(name, 0) if copy.hits is None else copy.hits
+                if copy.loading or copy.in_use:
                     if cheapest_busy is None or worth < cheapest_busy:
                         cheapest_busy = worth
                     if copy.loading:
@@ -478,21 +494,29 @@ class ModelplexPolicy:
                     else:
                         free_at = copy.last_used + demand.infer_s
                     busy.append((worth, free_at))
+                if copy.loading:
+                    replica_idle = False
                     continue
                 if len(holders[name]) > 1 and (
                     self._loaded_copies(view, name) - planned.get(name, 0) > 1
                 ):
                     worth = -1  # a spare copy goes first
-                if local is None or (worth, copy.last_used) < local[:2]:
+                if not copy.in_use and (local is None or (worth, copy.last_used) < local[:2]):
                     local = (worth, copy.last_used, name)
-            if local is None:
+                if copy.in_use:
+                    replica_idle = False
+                elif shared is None or (worth, copy.reported_used) < shared[:2]:
+                    shared = (worth, copy.reported_used, name)
+            if shared is None:
                 continue
-            if local[0] < best_worth or (local[0] == best_worth and local[1] < best_used):
-                best_worth, best_used = local[0], local[1]
-                victim = _Victim(replica, local[2], local[0], None, busy, start_next)
-            if replica_idle and (idle is None or local[:2] < (idle.worth, best_idle_used)):
-                idle = _Victim(replica, local[2], local[0], None, busy, start_next)
-                best_idle_used = local[1]
+            key = (shared[0], shared[1], _rank(model_id, replica.replica_id))
+            hint = None if local is None else local[2]
+            if best is None or key < best:
+                best = key
+                victim = _Victim(replica, shared[2], shared[0], None, busy, start_next, hint)
+            if replica_idle and (best_idle is None or key < best_idle):
+                best_idle = key
+                idle = _Victim(replica, shared[2], shared[0], None, busy, start_next, hint)
         if victim is not None:
             victim.cheapest_busy = cheapest_busy
             victim.idle = idle
@@ -512,31 +536,67 @@ class ModelplexPolicy:
         return count
 
     def _free_target(
-        self, view: ClusterView, exclude: set[str], bound: float, turns: int = _ANY
+        self,
+        view: ClusterView,
+        model_id: str,
+        exclude: set[str],
+        bound: float,
+        turns: int,
+        now: float,
     ) -> ReplicaView | None:
+        """The replica with the most free slots (ties: rendezvous hashing on `model_id`), from
+        what every router reads alike: routers with different traffic of their own agree.
+        Behind busy loaders (`turns` is `_ANY`), the one whose loader frees first."""
         best: ReplicaView | None = None
+        best_key: tuple[float, int, bytes] | None = None
         for index, replica_id in enumerate(view.free):
-            if index >= self.sample and best is not None:
+            if index >= _FREE_SCANNED and best is not None:
                 break
             replica = view.replicas[replica_id]
-            if replica_id in exclude or not replica.has_room or replica.in_flight > bound:
+            if replica_id in exclude or not _within(replica, bound):
                 continue
             if turns != _ANY and replica.load_turns > turns:
                 continue
-            key = (len(replica.models), replica.in_flight)
-            if best is None or key < (len(best.models), best.in_flight):
-                best = replica
+            start_at = 0.0
+            if turns == _ANY and replica.load_turns > 0:
+                start_at = replica.load_schedule(now, view.demand.load_s)[1]
+            key = (start_at, len(replica.models), _rank(model_id, replica_id))
+            if best_key is None or key < best_key:
+                best, best_key = replica, key
         return best
 
-    def _load_limit(self, view: ClusterView) -> float:
-        return self.load_bound * view.in_flight / max(1, len(view.routable_ids)) + 1
+    def _load_limit(self, view: ClusterView, model_id: str) -> float:
+        """`load_bound` x the candidates' mean load (requests in flight from every router),
+        plus one."""
+        candidates = self._candidates(view, model_id)
+        total = sum(r.load for r in candidates)
+        return self.load_bound * total / max(1, len(candidates)) + 1
 
-    def _candidates(self, view: ClusterView) -> list[ReplicaView]:
-        """Routable replicas to consider: all of them, or a random sample in a large cluster."""
+    def _candidates(self, view: ClusterView, model_id: str = "") -> list[ReplicaView]:
+        """Routable replicas to consider: all of them, or a sample in a large cluster: for a
+        model, the same run of replica ids on every router (from its hash); else at random."""
         replicas = view.replica_list
-        if len(replicas) > self.sample:
-            replicas = [replicas[self._rng.randrange(len(replicas))] for _ in range(self.sample)]
+        count = len(replicas)
+        if count > self.sample:
+            if model_id:
+                start = int.from_bytes(_rank(model_id, ""), "big") % count
+                replicas = [replicas[(start + i) % count] for i in range(self.sample)]
+            else:
+                replicas = [replicas[self._rng.randrange(count)] for _ in range(self.sample)]
         return [r for r in replicas if r.routable]
+
+
+def _within(replica: ReplicaView, bound: float) -> bool:
+    """Whether it has room for one more request and its load is within `bound`."""
+    load = replica.load
+    return load < replica.max_ongoing_requests and load <= bound
+
+
+def _rank(model_id: str, replica_id: str) -> bytes:
+    """Rendezvous hashing's weight of `replica_id` for `model_id`: the same on every router
+    (a hash of both, not Python's per-process `hash`)."""
+    key = f"{model_id}\0{replica_id}".encode()
+    return hashlib.blake2b(key, digest_size=8).digest()
 
 
 def _routable_besides(view: ClusterView, avoid: AbstractSet[str]) -> bool:

@@ -26,7 +26,7 @@ from common.addresses import is_loopback
 from common.auth import authorization_value, data_path_token, is_authorized
 from common.config import ClusterConfig
 from common.errors import error_response
-from common.headers import COLD_HEADER, CREDENTIAL_HEADER, EVICT_HEADER
+from common.headers import COLD_HEADER, CREDENTIAL_HEADER, DEMAND_HEADER, EVICT_HEADER
 from common.model_id import (
     MODEL_ID_HEADERS,
     InvalidModelId,
@@ -340,6 +340,10 @@ class RouterServer:
             headers[EVICT_HEADER] = admitted.evict
         else:
             headers.popall(EVICT_HEADER, None)
+        if admitted.demand:
+            headers[DEMAND_HEADER] = str(admitted.demand)
+        else:
+            headers.popall(DEMAND_HEADER, None)
         started = loop.time()
         served_s: float | None = None
         ok = False
@@ -381,6 +385,9 @@ class RouterServer:
         }
         if prefetch.evict:
             headers[EVICT_HEADER] = prefetch.evict
+        demand = self.view.demand.frequency(prefetch.model_id)
+        if demand:
+            headers[DEMAND_HEADER] = str(demand)
         replica = prefetch.replica
         try:
             async with self._session.post(replica.url + "/-/load", headers=headers) as answer:

@@ -93,6 +93,12 @@ class ModelCopy:
     # This router's requests for it that ended since the last report: a report built before
     # one of them ended still counts its pin, which must not look like another router's.
     finished_since_report: int = 0
+    # How often it is asked for, as the replica's last report said (every router reads it
+    # alike, whatever share of the traffic it sees); None: the replica does not report hits.
+    hits: float | None = None
+    # Its last use as the last report said (router clock), or when this router placed it:
+    # unlike `last_used`, this router's own requests since do not move it.
+    reported_used: float = 0.0
 
     @property
     def in_use(self) -> bool:
@@ -113,6 +119,7 @@ class ReplicaView:
     stale: bool = False
     in_flight: int = 0  # this router's requests on it
     reported_in_flight: int = 0
+    in_flight_at_report: int = 0  # this router's requests on it when its last report came
     load_ms_avg: float | None = None
     max_concurrent_loads: int | None = None  # loads it runs at once; None: as many as slots
     models: dict[str, ModelCopy] = field(default_factory=dict)
@@ -140,6 +147,12 @@ class ReplicaView:
         return not (self.down or self.stale or self.draining) and (
             self.breaker.state is not BreakerState.OPEN
         )
+
+    @property
+    def load(self) -> int:
+        """Requests on it from every router: as its last report said, with this router's
+        changes since. Routers read it alike but for their changes of the last moments."""
+        return max(0, self.reported_in_flight + self.in_flight - self.in_flight_at_report)
 
     @property
     def has_room(self) -> bool:
@@ -237,9 +250,10 @@ class ClusterView:
 
     @property
     def replica_list(self) -> list[ReplicaView]:
-        """Every replica, as a list (for sampling); rebuilt only when replicas join or leave."""
+        """Every replica in the order of their ids (for sampling, alike on every router);
+        rebuilt only when replicas join or leave."""
         if self._replica_list is None:
-            self._replica_list = list(self.replicas.values())
+            self._replica_list = sorted(self.replicas.values(), key=lambda r: r.replica_id)
         return self._replica_list
 
     def _refresh(self, replica: ReplicaView) -> None:
@@ -309,6 +323,7 @@ class ClusterView:
         replica.max_ongoing_requests = snapshot.max_ongoing_requests
         replica.draining = snapshot.draining
         replica.reported_in_flight = snapshot.in_flight
+        replica.in_flight_at_report = replica.in_flight
         replica.load_ms_avg = snapshot.load_ms_avg
         replica.max_concurrent_loads = snapshot.max_concurrent_loads
         replica.last_report_at = now
@@ -339,10 +354,17 @@ class ClusterView:
         self, snapshot: ReplicaSnapshot, previous: dict[str, ModelCopy], now: float
     ) -> dict[str, ModelCopy]:
         models: dict[str, ModelCopy] = {}
+        reports_hits = any(entry.hits for entry in snapshot.models)
         for entry in snapshot.models:
             old = previous.get(entry.model_id)
             last_used = now - entry.idle_s
-            copy = ModelCopy(entry.model_id, last_used, reported_in_use=entry.in_use)
+            copy = ModelCopy(
+                entry.model_id,
+                last_used,
+                reported_in_use=entry.in_use,
+                hits=entry.hits if reports_hits else None,
+                reported_used=last_used,
+            )
             copy.loaded_at = last_used  # loaded no later than its last use
             if old is not None:
                 # Pins the replica counted that may be ours: in flight now, or ended since the
@@ -558,7 +580,12 @@ class ClusterView:
             if victim is not None:
                 self._drop(replica, victim.model_id)
         copy = ModelCopy(
-            model_id, now, loading=True, pending_until=now + self.pending_grace_s, placed_at=now
+            model_id,
+            now,
+            loading=True,
+            pending_until=now + self.pending_grace_s,
+            placed_at=now,
+            reported_used=now,
         )
         replica.models[model_id] = copy
         self.holders.setdefault(model_id, set()).add(replica.replica_id)

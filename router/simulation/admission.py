@@ -112,6 +112,7 @@ class SyncAdmission:
     def _dispatched(self, request: SimRequest, admitted: Admitted, now: float) -> None:
         request.cold = admitted.cold
         request.evict = admitted.evict
+        request.demand = admitted.demand
         request.dispatched_at = now
         self.host.dispatched(request, admitted.replica_id)
 

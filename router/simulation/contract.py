@@ -44,6 +44,7 @@ class SimRequest:
     state: object | None = None  # the policy's per-request routing context
     replica: int = -1  # the simulated replica serving it, once dispatched
     evict: str | None = None  # the router's eviction hint sent with it
+    demand: int = 0  # the router's count of its model, sent with a cold dispatch
     dispatched_at: float = 0.0
     cold: bool = False  # its dispatch made the replica load the model (as the view saw it)
     done: bool = False  # answered, rejected or timed out

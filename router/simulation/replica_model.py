@@ -95,7 +95,7 @@ class SimReplica:
 
     def _get(self, request: SimRequest, now: float) -> None:
         model_id = request.model_id
-        got = self._core.acquire(model_id, now, evict_hint=request.evict)
+        got = self._core.acquire(model_id, now, evict_hint=request.evict, seed_hits=request.demand)
         kind = got.kind
         if kind is Acquisition.RESIDENT:
             request.found_ready = True

@@ -9,7 +9,7 @@ from common.wire import ModelEntry, ReplicaSnapshot
 from router.policy import Reject, Route, Wait
 from router.view import ClusterView
 
-ModelSpec = str | tuple[str, float] | tuple[str, float, int]
+ModelSpec = str | tuple[str, float] | tuple[str, float, int] | tuple[str, float, int, float]
 NOW = 100.0
 
 
@@ -29,16 +29,16 @@ def snapshot(
 ) -> ReplicaSnapshot:
     """A replica's report. `models` come least recently used first, as on the wire: a bare id
     gets an idle time from its position (the first is the idlest); a tuple gives
-    (id, idle_s) or (id, idle_s, in_use)."""
+    (id, idle_s), (id, idle_s, in_use) or (id, idle_s, in_use, hits)."""
     entries = []
     for index, spec in enumerate(models):
         if isinstance(spec, str):
             entries.append(ModelEntry(model_id=spec, idle_s=float(len(models) - index), in_use=0))
         else:
             model_id, idle_s, *rest = spec
-            entries.append(
-                ModelEntry(model_id=model_id, idle_s=idle_s, in_use=rest[0] if rest else 0)
-            )
+            in_use = int(rest[0]) if rest else 0
+            hits = float(rest[1]) if len(rest) > 1 else 0.0
+            entries.append(ModelEntry(model_id=model_id, idle_s=idle_s, in_use=in_use, hits=hits))
     return ReplicaSnapshot(
         replica_id=replica_id,
         incarnation=incarnation,
@@ -60,6 +60,12 @@ def cluster(*snapshots: ReplicaSnapshot) -> ClusterView:
     for report in snapshots:
         view.apply_report(report, NOW)
     return view
+
+
+def asked(view: ClusterView, model_id: str, times: int) -> None:
+    """`times` requests for `model_id` arrived (its frequency)."""
+    for _ in range(times):
+        view.demand.arrived(model_id)
 
 
 def busy(view: ClusterView, replica_id: str, requests: int, model_id: str = "") -> None:

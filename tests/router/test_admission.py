@@ -48,7 +48,7 @@ def in_flight(gate: Admission, replica_id: str) -> int:
 async def test_admit_routes_at_once_and_records_the_dispatch() -> None:
     gate = admission(snapshot("r1", max_ongoing_requests=4))
     first = await gate.admit("m", LONG_S)
-    assert first == Admitted("r1", "http://r1.test:8000", cold=True, evict=None)
+    assert first == Admitted("r1", "http://r1.test:8000", cold=True, evict=None, demand=1)
     second = await gate.admit("m", LONG_S)
     assert second.cold is False
     assert in_flight(gate, "r1") == 2

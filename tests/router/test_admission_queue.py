@@ -25,7 +25,7 @@ from router.admission import Actions, AdmissionQueue, Admitted, Refusal
 from router.policy import Decision, ModelplexPolicy, Prefetch, Route, Wait
 from router.view import ClusterView
 
-from reports import NOW, busy, cluster, snapshot
+from reports import NOW, asked, busy, cluster, snapshot
 
 
 def queue_over(view: ClusterView, *, max_queued: int = 10) -> AdmissionQueue[int]:
@@ -42,11 +42,6 @@ def one_request_each() -> ClusterView:
         snapshot("r1", ["a"], max_ongoing_requests=1),
         snapshot("r2", ["b"], max_ongoing_requests=1),
     )
-
-
-def asked(view: ClusterView, model_id: str, times: int) -> None:
-    for _ in range(times):
-        view.demand.arrived(model_id)
 
 
 def popular_and_busy_cheap(*cheap_replicas: str) -> ClusterView:
@@ -85,7 +80,7 @@ def test_an_arrival_with_an_empty_queue_and_room_is_dispatched_at_once() -> None
 def test_a_cold_arrival_is_dispatched_at_once_to_a_free_slot() -> None:
     view = cluster(snapshot("r1", ["a"], capacity=2, max_ongoing_requests=1))
     actions = queue_over(view).arrive(1, "new", NOW)
-    assert actions.dispatched == [(1, Admitted("r1", "http://r1.test:8000", True, None))]
+    assert actions.dispatched == [(1, Admitted("r1", "http://r1.test:8000", True, None, 1))]
     assert view.holders["new"] == {"r1"}
 
 
@@ -249,7 +244,7 @@ def test_a_cold_request_sparing_a_popular_model_is_woken_at_the_policys_deadline
     assert again.wake_at == expected.until  # the wait is bounded by its arrival, not the offer
     assert again.dispatched == []
     actions = queue.finished("r2", "rare-r2", NOW + 0.6)
-    assert actions.dispatched == [(1, Admitted("r2", "http://r2.test:8000", True, "rare-r2"))]
+    assert actions.dispatched == [(1, Admitted("r2", "http://r2.test:8000", True, "rare-r2", 1))]
     assert view.holders["popular"] == {"r1"}
 
 
@@ -259,7 +254,7 @@ def test_a_cold_request_still_waiting_at_the_deadline_evicts_the_popular_model()
     wake_at = queue.arrive(1, "m", NOW).wake_at
     assert wake_at is not None
     actions = queue.offer(wake_at)
-    assert actions.dispatched == [(1, Admitted("r1", "http://r1.test:8000", True, "popular"))]
+    assert actions.dispatched == [(1, Admitted("r1", "http://r1.test:8000", True, "popular", 1))]
     assert actions.wake_at is None
 
 
@@ -314,7 +309,7 @@ def test_slot_waiters_counts_the_slot_waits_ahead_in_a_pass() -> None:
     assert (actions.queued, actions.dispatched) == ([2], [])
     assert view.demand.slot_waiters == 1
     actions = queue.arrive(3, "n", NOW)
-    assert actions.dispatched == [(3, Admitted("r1", "http://r1.test:8000", True, "popular"))]
+    assert actions.dispatched == [(3, Admitted("r1", "http://r1.test:8000", True, "popular", 1))]
     assert view.demand.slot_waiters == 1
     assert queue.offer(NOW).dispatched == []
 
@@ -333,7 +328,7 @@ def test_two_slots_about_to_free_hold_two_cold_requests() -> None:
     assert dispatched_to(actions) == [(3, "r1")]
     assert actions.dispatched[0][1].evict == "popular"
     actions = queue.finished("r3", "rare-r3", NOW + 0.6)
-    assert actions.dispatched == [(1, Admitted("r3", "http://r3.test:8000", True, "rare-r3"))]
+    assert actions.dispatched == [(1, Admitted("r3", "http://r3.test:8000", True, "rare-r3", 1))]
     assert queue.is_queued(2)
 
 

@@ -22,15 +22,9 @@ from router.demand import Demand
 from router.policy import WAIT, ModelplexPolicy, Prefetch, Reject, Route, Wait
 from router.view import ClusterView, ReplicaView
 
-from reports import NOW, busy, check_route, cluster, routed_to, snapshot
+from reports import NOW, asked, busy, check_route, cluster, routed_to, snapshot
 
 Decision = Route | Wait | Reject
-
-
-def asked(view: ClusterView, model_id: str, times: int) -> None:
-    """`times` requests for `model_id` arrived (its frequency)."""
-    for _ in range(times):
-        view.demand.arrived(model_id)
 
 
 def waiting(view: ClusterView, model_id: str, requests: int, since: float = NOW) -> None:
@@ -239,12 +233,21 @@ def test_a_request_without_a_model_waits_when_every_replica_is_busy() -> None:
 # -- placing a cold model: free slots --------------------------------------------------------
 
 
-def test_equal_model_counts_are_broken_by_fewest_in_flight() -> None:
-    view = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]), snapshot("r3", ["c"]))
-    busy(view, "r1", 2, "a")
-    busy(view, "r2", 1, "b")
-    busy(view, "r3", 2, "c")
-    assert routed_to(choose(view, "m")) == ("r2", None)
+def test_equal_model_counts_are_broken_by_rendezvous_hashing_not_this_routers_traffic() -> None:
+    """Among replicas equally good by the reports, the model id picks (the same on every
+    router): this router's own requests within the load bound change nothing, and different
+    models spread over the replicas."""
+    chosen: dict[str, str] = {}
+    for n in range(60):
+        model_id = f"m{n}"
+        quiet = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]), snapshot("r3", ["c"]))
+        chosen[model_id] = routed_to(choose(quiet, model_id))[0]
+        loaded = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]), snapshot("r3", ["c"]))
+        busy(loaded, "r1", 2, "a")
+        busy(loaded, "r2", 1, "b")
+        busy(loaded, "r3", 2, "c")  # bound: 1.25 x 5/3 + 1, above every replica's load
+        assert routed_to(choose(loaded, model_id))[0] == chosen[model_id]
+    assert set(chosen.values()) == {"r1", "r2", "r3"}
 
 
 def test_a_free_slot_beats_an_eviction_of_a_model_nobody_asks_for() -> None:

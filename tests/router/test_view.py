@@ -752,7 +752,7 @@ class ViewMachine(RuleBasedStateMachine):
         assert set(view.free) == {r.replica_id for r in view if r.routable and r.free_slots > 0}
         assert view.with_room == {r.replica_id for r in view if r.routable and r.has_room}
         assert {r.replica_id for r in view.routable()} == view.routable_ids
-        assert [r.replica_id for r in view.replica_list] == list(view.replicas)
+        assert [r.replica_id for r in view.replica_list] == sorted(view.replicas)
 
     @invariant()
     def the_views_in_flight_is_the_sum_over_replicas(self) -> None:
