@@ -19,6 +19,13 @@ What is asserted, on both routers:
   serves them again, and no replica loads a model after the restore: every load since the cut
   is one the cut forced (a model of the cut host's loaded elsewhere while it was away).
 The times observed are printed and recorded as junit properties; none is a speed claim.
+
+Not yet so (the strict xfail below): a GET waiting on a host whose link is cut is ended and
+retried elsewhere when the host leaves routing because its reports stopped, but not when it left
+because a new connection to it failed (`Forwarder.forward` marks it down without `abandon`, and
+`ClusterView.expire` skips a down replica): such a request waits for request_timeout_s, then
+gets a 504, unless the link comes back first. The traffic tests restore the link well within
+request_timeout_s, so there it only makes a request slower (the slowest is printed).
 """
 
 from __future__ import annotations
@@ -420,12 +427,15 @@ def test_a_cut_host_leaves_both_routers_and_rejoins_them_warm(
 
     outcomes = traffic.outcomes()
     retried = sum(1 for o in outcomes if o.retried)
-    across = [
-        o.ended_at - o.issued_at for o in outcomes if o.issued_at < out_at and o.ended_at > cut_at
-    ]
+    across = [o for o in outcomes if o.issued_at < out_at and o.ended_at > cut_at]
+    slowest = max(across, key=lambda o: o.ended_at - o.issued_at)
+    print(
+        f"slowest across the cut: {slowest.model} through router {slowest.router}, issued "
+        f"{slowest.issued_at - cut_at:+.2f} s from the cut, served by {slowest.replica}"
+    )
     served = sum(1 for o in outcomes if o.issued_at > back_at and o.replica == victim_id)
     print(f"{len(outcomes)} requests, {retried} retried; {victim_id} served {served} again")
-    observed("slowest_request_across_the_cut_s", max(across, default=0.0))
+    observed("slowest_request_across_the_cut_s", slowest.ended_at - slowest.issued_at)
     observed("requests_retried", retried)
     forced = {rid: at_restore[rid] - before_cut[rid] for rid in at_restore}
     print(f"loads the cut forced: {forced}")
@@ -438,3 +448,81 @@ def test_a_cut_host_leaves_both_routers_and_rejoins_them_warm(
         assert held <= {m["model_id"] for m in document["models"]}, (held, document["models"])
     assert cluster.load_counts() == at_restore, "a model was loaded after the restore"
     assert sum(forced.values()) <= len(held) * len(others), forced
+
+
+class SleepingRequest:
+    """One GET for `model` that spends `sleep_s` on its replica, in a thread: `result` holds
+    (status, replica, detail) once it ended."""
+
+    def __init__(self, router_url: str, model: str, sleep_s: float) -> None:
+        self.result: tuple[int, str, str] | None = None
+        self._thread = threading.Thread(target=self._run, args=(router_url, model, sleep_s))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, router_url: str, model: str, sleep_s: float) -> None:
+        address = _address(router_url)
+        connection = http.client.HTTPConnection(*address, timeout=REQUEST_TIMEOUT_S + 5)
+        try:
+            connection.request("GET", f"/predict?sleep={sleep_s}", headers={MODEL: model})
+            response = connection.getresponse()
+            body = response.read().decode(errors="replace")[:200]
+            self.result = (response.status, response.getheader("x-modelplex-replica", ""), body)
+        except OSError as error:
+            self.result = (0, "", repr(error))
+        finally:
+            connection.close()
+
+
+@pytest.mark.parametrize(
+    "connect_fails",
+    [
+        pytest.param(False, id="out-by-heartbeat"),
+        pytest.param(
+            True,
+            id="out-by-a-failed-connect",
+            marks=pytest.mark.xfail(
+                reason="a failed connect marks the replica down without ending the requests "
+                "already waiting on it (Forwarder.forward: mark_down, no abandon), and expire "
+                "skips a down replica, so they wait for request_timeout_s",
+                strict=True,
+            ),
+        ),
+    ],
+)
+def test_a_request_waiting_on_a_cut_host_ends_when_the_host_leaves_routing(
+    hosts: list[Host], cluster: LocalCluster, connect_fails: bool
+) -> None:
+    """A GET in flight on a host when its link is cut is ended, and retried on another replica,
+    once the host leaves routing: by its reports stopping, or by a connect to it failing (a
+    second request for the same model finds the pooled connection busy and opens another)."""
+    sleep_s = 2.0
+    status, victim_id, _ = send_get(_address(cluster.router_urls[0]), MODELS[0], 10)
+    assert status == 200
+    host = hosts[int(victim_id.removeprefix("replica-")) - 1]
+    waiting = SleepingRequest(cluster.router_urls[0], MODELS[0], sleep_s)
+    wait_for(
+        lambda: (entry(cluster, 0, victim_id) or {"in_flight": 0})["in_flight"] == 1,
+        LIVENESS_S,
+        f"a request in flight on {victim_id}",
+    )
+    cut_at = time.monotonic()
+    host.cut()
+    if connect_fails:
+        status, replica, _ = send_get(_address(cluster.router_urls[0]), MODELS[0], 10)
+        assert (status, replica != victim_id) == (200, True)
+        state = (entry(cluster, 0, victim_id) or {"state": "gone"})["state"]
+        assert state == "down", state
+    deadline_s = HEARTBEAT_TIMEOUT_S + sleep_s + 3.0
+    try:
+        wait_for(lambda: waiting.result is not None, deadline_s, "the waiting request to end")
+    except TimeoutError as error:
+        raise AssertionError(
+            f"still waiting {time.monotonic() - cut_at:.1f} s after the cut; {victim_id} is "
+            f"{(entry(cluster, 0, victim_id) or {'state': 'gone'})['state']} on router 0"
+        ) from error
+    finally:
+        host.restore()
+    assert waiting.result is not None
+    status, replica, _ = waiting.result
+    assert (status, replica != victim_id) == (200, True), waiting.result
