@@ -23,6 +23,7 @@ import difflib
 import math
 import os
 import reprlib
+import urllib.parse
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,13 @@ class RouterConfig:
     # model may wait for a slot rather than evict a model asked for more often. null (the
     # default) lets the policy bound the wait by itself, to about one load time.
     popular_model_patience: float | None = None
+    # Several routers: a Redis URL (redis://host:6379/0, rediss://... for TLS) where they
+    # take a short lease on each cold placement, so a model asked for on every router at
+    # the same instant is loaded once even while their views differ. null (the default): no
+    # shared state; routers agree from the replicas' reports alone, which covers all but the
+    # requests each sent in the last moments. Unreachable, each router decides on its own.
+    placement_lease_url: str | None = None
+    placement_lease_ttl_s: float = 2.0  # how long a lease outlives its placement's reports
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +226,19 @@ def _is_import_path(value: str) -> bool:
     return bool(colon) and all(part.isidentifier() for part in parts)
 
 
+def _is_redis_url(value: str) -> bool:
+    """redis://[user:password@]host[:port][/db], rediss://... (TLS) or unix:///path."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # ValueError when it is not a port number
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path) and port is None
+    db = parts.path.lstrip("/")
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db.isdigit() or not db)
+
+
 def _count(minimum: int, maximum: float = math.inf) -> _Rule:
     bound = f">= {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
     return _Rule(_integer, lambda v: minimum <= v <= maximum, f"an integer {bound}")
@@ -254,6 +275,14 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
         _optional_seconds,
         lambda v: v is None or 0 <= v < math.inf,
         "null (adaptive) or a finite number >= 0 (model-load times)",
+    ),
+    "placement_lease_url": _Rule(
+        lambda v: None if v is None else _string(v),
+        lambda v: v is None or _is_redis_url(v),
+        "null (no lease) or a Redis URL: redis://host:port/db, rediss://... or unix://path",
+    ),
+    "placement_lease_ttl_s": _Rule(
+        _seconds, lambda v: 0.05 <= v <= 60, "a number of seconds from 0.05 to 60"
     ),
 }
 

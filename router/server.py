@@ -40,12 +40,20 @@ from common.wire import (
     REPORT_PATH,
 )
 from router._admin import AdminRoutes
-from router._admission import Admission, LoadFailed, NoReplica, QueueFull, QueueTimeout
+from router._admission import (
+    Admission,
+    Admitted,
+    LoadFailed,
+    NoReplica,
+    QueueFull,
+    QueueTimeout,
+)
 from router._body_model import MAX_PEEK_BYTES, BodyModel, ModelField
 from router._channel import ReportIntake
 from router._dashboard import dashboard_handler
 from router._forward import Body, Forwarder, PrefixedStream, Retry, error_message
 from router._http import request_headers
+from router._lease import PlacementLease, lease_namespace
 from router._status import metrics_text, status_document
 from router._telemetry import Outcome, RequestRecord, Telemetry
 from router._upstream import UpstreamPool
@@ -136,6 +144,16 @@ class RouterServer:
             on_down=self.forwarder.abandon,
             client_certificates=client_auth(config.tls),
         )
+        self.lease: PlacementLease | None = None
+        if router.placement_lease_url is not None:
+            self.lease = PlacementLease(
+                router.placement_lease_url,
+                ttl_s=router.placement_lease_ttl_s,
+                namespace=lease_namespace(secret),
+            )
+        # Cold placements whose lease is being claimed: their model's other requests wait
+        # for the answer before they go anywhere.
+        self._claims: dict[str, asyncio.Future[str | None]] = {}
         self.started_at = time.time()
         self.url = ""  # where it listens; shared with the other routers when there are several
         self.direct_url = ""  # its own address: `url` unless it shares that one
@@ -187,6 +205,8 @@ class RouterServer:
             task.cancel()
         if self._session is not None:
             await self._session.close()
+        if self.lease is not None:
+            await self.lease.close()
         self._upstream.close()
 
     async def _maintain(self) -> None:
@@ -295,9 +315,10 @@ class RouterServer:
         remaining = deadline - loop.time()
         asked = loop.time()
         try:
-            admitted = await self.admission.admit(
-                model_id, min(remaining, self.config.router.queue_timeout_s), tried=tried
-            )
+            wait_s = min(remaining, self.config.router.queue_timeout_s)
+            admitted = await self.admission.admit(model_id, wait_s, tried=tried)
+            if self.lease is not None and model_id:
+                admitted = await self._follow_lease(admitted, model_id, wait_s, tried)
         except NoReplica as exc:
             if tried:
                 self.counters["replica_failed"] += 1
@@ -368,6 +389,50 @@ class RouterServer:
         finally:
             record.upstream_s += loop.time() - started
             self.admission.release(admitted, model_id, ok=ok, served_s=served_s)
+
+    async def _follow_lease(
+        self, admitted: Admitted, model_id: str, wait_s: float, tried: frozenset[str]
+    ) -> Admitted:
+        """With a placement lease: where `admitted` really goes. A cold placement claims the
+        lease for its replica; the model's other requests meanwhile wait for that answer. If
+        another router won the claim, and its replica is one this router can route to, the
+        request is admitted again after the view records the model loading there (so it and
+        the requests after it go there, and nothing loads it here)."""
+        assert self.lease is not None
+        pending = self._claims.get(model_id)
+        holder: str | None = None
+        try:
+            if pending is not None:
+                holder = await asyncio.shield(pending)
+            elif admitted.cold:
+                pending = asyncio.get_running_loop().create_future()
+                self._claims[model_id] = pending
+                try:
+                    holder = await self.lease.claim(model_id, admitted.replica_id)
+                finally:
+                    del self._claims[model_id]
+                    pending.set_result(holder)
+                self.counters["lease_claims"] += 1
+                if holder is None:
+                    self.counters["lease_unavailable"] += 1
+            else:
+                return admitted
+        except BaseException:
+            self.admission.release(admitted, model_id, ok=False)
+            raise
+        if holder is None or holder == admitted.replica_id or holder in tried:
+            return admitted
+        now = self.clock()
+        target = self.view.replicas.get(holder)
+        if target is None or not target.routable:
+            return admitted
+        if holder in self.view.load_failures.failed_on(model_id, now):
+            return admitted
+        self.counters["lease_redirects"] += 1
+        self.view.prefetch(holder, model_id, now)  # another router's request loads it there
+        self.view.withdrawn(admitted.replica_id, model_id)  # and nothing loads it here
+        self.admission.release(admitted, model_id, ok=False)
+        return await self.admission.admit(model_id, wait_s, tried=tried)
 
     def _start_prefetch(self, prefetch: Prefetch) -> None:
         task = asyncio.create_task(self._prefetch(prefetch))

@@ -6,7 +6,9 @@ dispatched (`dispatch`) or finished (`finish`) — and one method for every way 
 routing or the view: a connection to it was refused (`mark_down`), its report channel closed
 (`channel_closed`) or began carrying another replica's reports (`superseded`), it went quiet
 (`expire`), it stayed out long enough to be dropped (`forget_departed`) or left (`forget`), or
-an operator drained it (`drain`). A report from it brings it back. An operator's eviction of
+an operator drained it (`drain`). A report from it brings it back. A placement this router
+takes back before it reached the replica (another router placed the model first, by the
+placement lease) leaves the view at once (`withdrawn`). An operator's eviction of
 a model takes it out of the view at once (`evicted`); the replica stops reporting it. Its
 circuit breaker (`router.breaker`) takes it out of routing after consecutive failed requests,
 whatever its reports say (`request_failed`), lets one probe through after a cool-down
@@ -530,6 +532,18 @@ class ClusterView:
         held it there. This router's requests for it still in flight finish as usual."""
         replica = self.replicas.get(replica_id)
         if replica is None or model_id not in replica.models:
+            return False
+        self.version += 1
+        self._drop(replica, model_id)
+        return True
+
+    def withdrawn(self, replica_id: str, model_id: str) -> bool:
+        """This router's placement of `model_id` on the replica is taken back before any
+        request reached it (another router placed the model elsewhere first): it leaves the
+        view now; True if the view held it there as a placement no report has confirmed."""
+        replica = self.replicas.get(replica_id)
+        copy = replica.models.get(model_id) if replica is not None else None
+        if replica is None or copy is None or not copy.loading or copy.loaded_at is not None:
             return False
         self.version += 1
         self._drop(replica, model_id)

@@ -43,6 +43,8 @@ router:
   access_log: json
   model_id_from: both
   popular_model_patience: 10
+  placement_lease_url: redis://redis:6379/0
+  placement_lease_ttl_s: 1.5
 deployment:
   import_path: examples.tenants:TenantModels
   init_kwargs: {model_dir: ./models, warm: [a, b]}
@@ -113,6 +115,8 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         access_log="json",
         model_id_from="both",
         popular_model_patience=10.0,
+        placement_lease_url="redis://redis:6379/0",
+        placement_lease_ttl_s=1.5,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
     assert config.deployment.num_replicas == 4
@@ -253,6 +257,14 @@ def test_int_is_accepted_as_seconds_and_stored_as_float() -> None:
         ("router", "request_timeout_s", math.inf),
         ("router", "request_timeout_s", math.nan),
         ("router", "host", ""),
+        ("router", "placement_lease_url", "http://redis:6379"),
+        ("router", "placement_lease_url", "redis://:6379"),
+        ("router", "placement_lease_url", "redis://redis:99999"),
+        ("router", "placement_lease_url", "redis://redis/zero"),
+        ("router", "placement_lease_url", "unix://"),
+        ("router", "placement_lease_url", ""),
+        ("router", "placement_lease_ttl_s", 0.0),
+        ("router", "placement_lease_ttl_s", 61),
         ("deployment", "num_replicas", -1),
         ("deployment", "max_ongoing_requests", 0),
         ("deployment", "heartbeat_interval_s", 0.0),
@@ -271,6 +283,19 @@ def test_router_count_defaults_to_one_and_says_what_it_takes() -> None:
     assert parse_config({**deployment(), "router": {"count": 4}}).router.count == 4
     err = config_error({**deployment(), "router": {"count": 0}})
     assert str(err) == "router.count: must be an integer from 1 to 64, got 0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://10.0.0.7:6379/0", "redis://redis", "rediss://u:pw@redis:6380/2", "unix:///r.sock"],
+)
+def test_a_placement_lease_takes_a_redis_url_and_is_off_by_default(url: str) -> None:
+    assert parse_config(deployment()).router.placement_lease_url is None
+    router = parse_config({**deployment(), "router": {"placement_lease_url": url}}).router
+    assert router.placement_lease_url == url
+    assert router.placement_lease_ttl_s == 2.0
+    err = config_error({**deployment(), "router": {"placement_lease_url": "redis:/x"}})
+    assert "router.placement_lease_url: must be null (no lease) or a Redis URL" in str(err)
 
 
 def test_port_range_edges_are_accepted() -> None:

@@ -1,0 +1,104 @@
+"""The placement lease: several routers agree where a cold model goes, through Redis.
+
+Routers choose a cold model's replica from what they all read alike in the replicas' reports,
+so they agree without talking (`router.policy`), except while one of them has sent requests the
+others cannot know of yet. For that, with `router.placement_lease_url` set, a router about to
+place a model no replica holds claims the key `<namespace>:place:<model id>` for the replica it
+chose, in one atomic call (a Lua script: the holder if a lease is live, else this router's
+choice, stored with a TTL). The first claim wins; a router that loses sends its request where
+the winner placed the model. Redis is an existing engine: nothing here is a protocol of ours.
+
+Failures never stop routing: a claim that errs, or takes longer than `timeout_s`, returns None
+and the router keeps its own choice. After a failure no claim is tried for `retry_s`, so an
+outage costs one timeout rather than one per cold request; it is logged once per streak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["PlacementLease", "lease_namespace"]
+
+logger = logging.getLogger("modelplex.router.lease")
+
+_CLAIM: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+_ERRORS: Final = (OSError, asyncio.TimeoutError, UnicodeDecodeError)
+
+
+def lease_namespace(secret: str) -> str:
+    """The key prefix of one cluster: routers sharing a secret share leases, and two clusters
+    on one Redis never see each other's."""
+    return "modelplex:" + hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+class PlacementLease:
+    """Claims on cold placements, in one Redis shared by a cluster's routers."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: float,
+        namespace: str,
+        timeout_s: float = 0.05,
+        retry_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from redis.asyncio import Redis  # imported only by routers that use a lease
+        from redis.exceptions import RedisError
+
+        self._redis: Redis = Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._script: Any = self._redis.register_script(_CLAIM)
+        self._errors = (*_ERRORS, RedisError)
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._namespace = namespace
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self._clock = clock
+        self._skip_until = -float("inf")
+        self.failing = False  # the last claim failed
+
+    async def claim(self, model_id: str, replica_id: str) -> str | None:
+        """The replica `model_id` goes to: `replica_id` if this claim won, the winner's
+        choice if another router claimed it first, None if Redis did not answer in time."""
+        if self._clock() < self._skip_until:
+            return None
+        key = f"{self._namespace}:place:{model_id}"
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self._script(keys=[key], args=[replica_id, self._ttl_ms])
+            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+        except self._errors as exc:
+            self._skip_until = self._clock() + self.retry_s
+            if not self.failing:
+                logger.warning(
+                    "placement lease unavailable (%s: %s); routing on this router's own "
+                    "choices, retrying every %g s",
+                    type(exc).__name__,
+                    exc or "no answer in time",
+                    self.retry_s,
+                )
+            self.failing = True
+            return None
+        if self.failing:
+            logger.info("placement lease available again")
+            self.failing = False
+        return holder
+
+    async def close(self) -> None:
+        await self._redis.aclose()
