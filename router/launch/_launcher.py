@@ -30,7 +30,13 @@ from typing import Any
 
 import aiohttp
 
-from common.auth import SECRET_ENV, SECRET_FILE_ENV, authorization_value, generate_secret
+from common.auth import (
+    SECRET_ENV,
+    SECRET_FILE_ENV,
+    authorization_value,
+    generate_secret,
+    load_secret,
+)
 from common.config import ClusterConfig, ConfigError, load_config
 from common.serving import STOP_SIGNALS
 from common.status import RouterStatusDocument
@@ -68,13 +74,21 @@ def run_launcher(
 ) -> int:
     """Run the cluster in the foreground until SIGINT/SIGTERM/SIGHUP; the process exit code.
     `bundled`: the config is the example shipped with modelplex (changes the hints shown);
-    `routers_override`: `--routers N`, already applied to `config`."""
+    `routers_override`: `--routers N`, already applied to `config`. The cluster secret is
+    `$MODELPLEX_SECRET` (or `$MODELPLEX_SECRET_FILE`) when set, so replicas on other hosts can
+    join with it; else a fresh one."""
+    try:
+        secret = load_secret() or generate_secret()
+    except ValueError as err:
+        log(f"the cluster secret: {err}")
+        return 2
     launcher = Launcher(
         config_path,
         config,
         startup_timeout_s=startup_timeout_s,
         bundled=bundled,
         routers_override=routers_override,
+        secret=secret,
     )
     return asyncio.run(launcher.run())
 
@@ -102,15 +116,17 @@ class Launcher:
         startup_timeout_s: float,
         bundled: bool = False,
         routers_override: int | None = None,
+        secret: str | None = None,
     ) -> None:
         """`routers_override`: `modelplex up --routers N`, already in `config`; it holds
-        against the `router.count` of edited configs too."""
+        against the `router.count` of edited configs too. `secret`: the cluster's (None: a
+        fresh one)."""
         self.config_path = config_path.resolve()
         self._routers_override = routers_override
         self._bundled = bundled
         self._initial = config
         self._startup_timeout_s = startup_timeout_s
-        self._env = child_environment(generate_secret(), self.config_path.parent)
+        self._env = child_environment(secret or generate_secret(), self.config_path.parent)
         self._http: aiohttp.ClientSession | None = None
         self._control: ControlServer | None = None
         self._replicas: ReplicaSet | None = None
