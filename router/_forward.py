@@ -182,7 +182,10 @@ class Forwarder:
             # Nothing reached the replica: always safe to send elsewhere.
             logger.warning("replica %s refused a connection: %s", admitted.replica_id, exc)
             self.failed_on(admitted.replica_id)
-            self.view.mark_down(admitted.replica_id)
+            if self.view.mark_down(admitted.replica_id):
+                # Out of routing, as if its channel closed: requests waiting on it end now,
+                # since a cut link may keep that channel open until its heartbeats time out.
+                self.abandon(admitted.replica_id)
             raise Retry from exc
         except TimeoutError as exc:  # before OSError, which it is
             if watch.lost:
@@ -232,7 +235,7 @@ class Forwarder:
                 del self._watches[replica_id]
 
     def abandon(self, replica_id: str) -> None:
-        """The replica went quiet: end every request waiting on it now."""
+        """The replica went quiet or down: end every request waiting on it now."""
         now = asyncio.get_running_loop().time()
         for watch in self._watches.pop(replica_id, set()):
             watch.lost = True

@@ -20,12 +20,9 @@ What is asserted, on both routers:
   is one the cut forced (a model of the cut host's loaded elsewhere while it was away).
 The times observed are printed and recorded as junit properties; none is a speed claim.
 
-Not yet so (the strict xfail below): a GET waiting on a host whose link is cut is ended and
-retried elsewhere when the host leaves routing because its reports stopped, but not when it left
-because a new connection to it failed (`Forwarder.forward` marks it down without `abandon`, and
-`ClusterView.expire` skips a down replica): such a request waits for request_timeout_s, then
-gets a 504, unless the link comes back first. The traffic tests restore the link well within
-request_timeout_s, so there it only makes a request slower (the slowest is printed).
+- a GET waiting on a host whose link is cut is ended and retried elsewhere when the host leaves
+  routing, whether its reports stopped or a new connection to it failed (a failed connect
+  marks it down and ends the requests waiting on it, as a closed channel does).
 """
 
 from __future__ import annotations
@@ -478,16 +475,7 @@ class SleepingRequest:
     "connect_fails",
     [
         pytest.param(False, id="out-by-heartbeat"),
-        pytest.param(
-            True,
-            id="out-by-a-failed-connect",
-            marks=pytest.mark.xfail(
-                reason="a failed connect marks the replica down without ending the requests "
-                "already waiting on it (Forwarder.forward: mark_down, no abandon), and expire "
-                "skips a down replica, so they wait for request_timeout_s",
-                strict=True,
-            ),
-        ),
+        pytest.param(True, id="out-by-a-failed-connect"),
     ],
 )
 def test_a_request_waiting_on_a_cut_host_ends_when_the_host_leaves_routing(
