@@ -332,6 +332,84 @@ def test_too_many_models_are_rejected() -> None:
     rejected(payload(models=models, capacity=-1), "not valid msgpack: .*max_array_len")
 
 
+# --- hits: how often each resident model was asked for -----------------------------------------
+
+
+def entry(model_id: str = "m", *, hits: float = 0.0) -> ModelEntry:
+    return ModelEntry(model_id=model_id, idle_s=1.0, in_use=0, hits=hits)
+
+
+NOT_A_NUMBER: Any = "3"
+"""A hit a buggy replica might build (the type checker would catch it; the encoder must too)."""
+
+
+def test_a_snapshot_with_hits_survives_the_round_trip() -> None:
+    original = snapshot(models=(entry("cold", hits=0.0), entry("warm", hits=12.5)))
+    frame = encode_snapshot(original)
+    assert msgpack.unpackb(frame)["hits"] == [0.0, 12.5]  # parallel to models, in LRU order
+    assert msgpack.unpackb(frame)["models"] == [["cold", 1.0, 0], ["warm", 1.0, 0]]
+    decoded = decode_snapshot(frame)
+    assert decoded == original
+    assert [m.hits for m in decoded.models] == [0.0, 12.5]
+
+
+def test_hits_are_sent_only_when_one_is_not_zero_so_the_frame_is_what_older_replicas_send() -> None:
+    raw = msgpack.unpackb(encode_snapshot(snapshot(models=(entry("a"), entry("b")))))
+    assert "hits" not in raw
+    assert set(raw) == set(payload())
+    assert "hits" not in msgpack.unpackb(encode_snapshot(snapshot(models=())))
+    assert "hits" in msgpack.unpackb(encode_snapshot(snapshot(models=(entry(hits=0.001),))))
+
+
+def test_a_frame_without_hits_or_with_nil_decodes_with_zero_hits() -> None:
+    """What an older replica sends (no `hits`): every model's hits are 0.0."""
+    for frame in (frame_of(payload()), frame_of(payload(hits=None))):
+        decoded = decode_snapshot(frame)
+        assert [(m.model_id, m.hits) for m in decoded.models] == [("cold", 0.0), ("warm", 0.0)]
+        assert all(type(m.hits) is float for m in decoded.models)
+
+
+def test_integer_hits_are_accepted_and_become_floats() -> None:
+    decoded = decode_snapshot(frame_of(payload(hits=[3, 2**64 - 1])))
+    assert [m.hits for m in decoded.models] == [3.0, float(2**64 - 1)]
+    assert all(type(m.hits) is float for m in decoded.models)
+
+
+def test_hits_of_no_models_are_an_empty_array() -> None:
+    assert decode_snapshot(frame_of(payload(models=[], hits=[]))).models == ()
+    rejected(payload(models=[], hits=[1.0]), "field 'hits' must be an array of 0 numbers")
+
+
+@pytest.mark.parametrize(
+    ("hits", "message"),
+    [
+        ({}, "field 'hits' must be an array of 2 numbers, one per model"),
+        ("1,2", "field 'hits' must be an array of 2 numbers, one per model"),
+        (3.0, "field 'hits' must be an array of 2 numbers, one per model"),
+        ([], "field 'hits' must be an array of 2 numbers, one per model"),
+        ([1.0], "field 'hits' must be an array of 2 numbers, one per model"),
+        ([1.0, 2.0, 3.0], "field 'hits' must be an array of 2 numbers, one per model"),
+        ([1.0, -0.5], "hits\\[1\\] must be a finite number >= 0, got -0.5"),
+        ([-1, 0], "hits\\[0\\] must be a finite number >= 0, got -1.0"),
+        ([math.nan, 0.0], "hits\\[0\\] must be a finite number >= 0, got nan"),
+        ([0.0, math.inf], "hits\\[1\\] must be a finite number >= 0, got inf"),
+        ([-math.inf, 0.0], "hits\\[0\\] must be a finite number >= 0, got -inf"),
+        (["3", 0.0], "hits\\[0\\] must be a number, not str"),
+        ([0.0, None], "hits\\[1\\] must be a number, not nil"),
+        ([True, 0.0], "hits\\[0\\] must be a number, not bool"),
+        ([[1.0], 0.0], "hits\\[0\\] must be a number, not list"),
+        ([b"\x01", 0.0], "hits\\[0\\] must be a number, not bytes"),
+    ],
+)
+def test_malformed_hits_are_rejected_naming_the_problem(hits: Any, message: str) -> None:
+    rejected(payload(hits=hits), message)
+
+
+def test_hits_beside_malformed_models_are_a_wire_error() -> None:
+    rejected(payload(models={"a": 1}, hits=[1.0]), "field 'hits'")
+    rejected(payload(models=[["a", 1.0]], hits=[1.0]), "models\\[0\\] must be an array")
+
+
 # --- encoding refuses what decoding would reject ------------------------------------------------
 
 
@@ -350,6 +428,12 @@ def test_too_many_models_are_rejected() -> None:
         ({"url": "http://h:1/\udcff"}, "field 'url'"),
         ({"draining": 1}, "field 'draining' must be a boolean"),
         ({"max_concurrent_loads": 0}, "field 'max_concurrent_loads' must be >= 1"),
+        ({"models": (entry(hits=-1.0),)}, "hits\\[0\\] must be a finite number >= 0, got -1.0"),
+        ({"models": (entry(hits=math.nan),)}, "hits\\[0\\] must be a finite number >= 0"),
+        ({"models": (entry(hits=math.inf),)}, "hits\\[0\\] must be a finite number >= 0"),
+        ({"models": (entry(hits=10**400),)}, "hits\\[0\\] is too large"),
+        ({"models": (entry(hits=2**64),)}, "cannot encode snapshot frame"),
+        ({"models": (entry(), entry("n", hits=NOT_A_NUMBER))}, "hits\\[1\\] must be a number"),
     ],
 )
 def test_encoding_refuses_invalid_snapshots(changes: dict[str, Any], message: str) -> None:
@@ -431,7 +515,12 @@ def snapshots(draw: st.DrawFn, max_models: int = 20) -> ReplicaSnapshot:
         url=draw(st.sampled_from(["http://", "https://"])) + draw(names),
         capacity=draw(st.just(-1) | st.integers(min_value=1, max_value=2**32)),
         models=tuple(
-            ModelEntry(model_id=model_id, idle_s=draw(ages), in_use=draw(counts))
+            ModelEntry(
+                model_id=model_id,
+                idle_s=draw(ages),
+                in_use=draw(counts),
+                hits=draw(st.just(0.0) | ages),
+            )
             for model_id in resident
         ),
         loading=tuple(draw(st.lists(model_ids, unique=True, max_size=min(5, max_models)))),
@@ -524,6 +613,13 @@ VALID_FRAMES = [
     encode_snapshot(
         snapshot(models=tuple(ModelEntry(model_id=f"m{i}", idle_s=i, in_use=i) for i in range(5)))
     ),
+    encode_snapshot(
+        snapshot(
+            models=tuple(
+                ModelEntry(model_id=f"m{i}", idle_s=i, in_use=0, hits=i * 1.5) for i in range(4)
+            )
+        )
+    ),
     encode_error("bad_frame", "field 'sequence' must be >= 0, got -1"),
     encode_error("x", ""),
 ]
@@ -554,7 +650,8 @@ def test_a_valid_frame_with_fields_or_bytes_changed_decodes_or_raises_wire_error
 ) -> None:
     raw: dict[str, Any] = msgpack.unpackb(frame)
     for _ in range(data.draw(st.integers(0, 3))):
-        field = data.draw(st.sampled_from([*sorted(raw), "max_concurrent_loads", "extra"]))
+        optional = ["max_concurrent_loads", "hits", "load_failures"]
+        field = data.draw(st.sampled_from(sorted({*raw, *optional, "extra"})))
         value = data.draw(field_values | st.just(DROP))
         if value is DROP:
             raw.pop(field, None)

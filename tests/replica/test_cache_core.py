@@ -5,17 +5,26 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from replica._cache_core import UNLIMITED, Acquired, Acquisition, CacheCore, LoadEnded
+from replica._cache_core import (
+    HITS_HALF_LIFE_S,
+    UNLIMITED,
+    Acquired,
+    Acquisition,
+    CacheCore,
+    LoadEnded,
+    ResidentModel,
+)
 
 
 def resident(core: CacheCore) -> list[str]:
     return [m.model_id for m in core.state().models]
 
 
-def load(core: CacheCore, model_id: str, now: float = 0.0) -> None:
+def load(core: CacheCore, model_id: str, now: float = 0.0, *, seed_hits: float = 0.0) -> None:
     """Acquire `model_id`, load it and release it: resident and unpinned."""
-    got = core.acquire(model_id, now)
+    got = core.acquire(model_id, now, seed_hits=seed_hits)
     assert got.kind is Acquisition.NEW_LOAD
     assert got.turn
     core.loaded(model_id)
@@ -144,6 +153,159 @@ def test_unlimited_capacity_never_evicts() -> None:
 def test_settings_are_checked(capacity: int, loads: int | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CacheCore(capacity=capacity, max_concurrent_loads=loads)
+
+
+# -- hits --------------------------------------------------------------------------------------
+
+
+def hits(core: CacheCore) -> dict[str, float]:
+    """Each resident model's hits, decayed to its last use (as `state()` holds them)."""
+    return {m.model_id: m.hits for m in core.state().models}
+
+
+def test_every_acquire_counts_a_hit_resident_or_loading() -> None:
+    core = CacheCore(capacity=2)
+    core.acquire("a", 0.0)  # the load's own request: 1
+    core.acquire("a", 0.0)  # joins the load: 2
+    core.loaded("a")
+    core.acquire("a", 0.0)  # resident: 3
+    assert hits(core) == {"a": 3.0}
+    for _ in range(3):
+        core.release("a")
+    core.acquire("a", 0.0)
+    assert hits(core) == {"a": 4.0}  # a release changes nothing, the next acquire counts
+
+
+@pytest.mark.parametrize(("seed", "start"), [(0.0, 1.0), (0.5, 1.0), (1.0, 1.0), (40.0, 40.0)])
+def test_a_new_load_starts_from_the_routers_count_and_at_least_one(
+    seed: float, start: float
+) -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a", 5.0, seed_hits=seed)
+    assert hits(core) == {"a": start}
+    core.acquire("a", 5.0, seed_hits=1000.0)  # the seed is for a new load only
+    assert hits(core) == {"a": start + 1}
+
+
+def test_a_model_evicted_and_loaded_again_starts_from_its_seed_not_its_old_hits() -> None:
+    core = CacheCore(capacity=1)
+    load(core, "a", 0.0, seed_hits=50.0)
+    load(core, "b", 1.0)  # evicts a, and its hits with it
+    load(core, "a", 2.0, seed_hits=3.0)
+    assert hits(core) == {"a": 3.0}
+
+
+def test_an_acquire_that_finds_no_slot_counts_no_hit() -> None:
+    core = CacheCore(capacity=1)
+    core.acquire("a", 0.0, seed_hits=2.0)
+    assert core.acquire("b", 1.0, seed_hits=9.0).kind is Acquisition.NO_SLOT
+    core.loaded("a")
+    assert hits(core) == {"a": 2.0}
+    assert not core.holds("b")
+
+
+def test_hits_halve_every_half_life() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a", 0.0, seed_hits=8.0)
+    core.acquire("a", HITS_HALF_LIFE_S)  # 8 halved, plus this hit
+    (model,) = core.state().models
+    assert model.hits == pytest.approx(5.0)
+    assert model.last_used == HITS_HALF_LIFE_S
+    assert model.hits_at(2 * HITS_HALF_LIFE_S) == pytest.approx(2.5)
+    assert model.hits_at(4 * HITS_HALF_LIFE_S) == pytest.approx(0.625)
+    assert model.hits_at(HITS_HALF_LIFE_S + 60.0) == pytest.approx(5.0 * 0.5 ** (60 / 600))
+
+
+def test_hits_at_a_time_before_the_last_use_do_not_grow() -> None:
+    model = ResidentModel("a", last_used=100.0, pins=0, hits=4.0)
+    assert model.hits_at(100.0) == 4.0
+    assert model.hits_at(50.0) == 4.0  # a clock read before the last use: no decay, no growth
+    assert ResidentModel("b", last_used=0.0, pins=0).hits_at(1e9) == 0.0
+    assert ResidentModel("c", last_used=0.0, pins=0, hits=1e6).hits_at(1e9) == 0.0  # underflow
+
+
+def test_the_time_passed_in_is_the_only_clock() -> None:
+    """Two cores fed the same calls at the same times hold the same hits, whenever they run."""
+    first, second = CacheCore(capacity=2), CacheCore(capacity=2)
+    for core in (first, second):
+        load(core, "a", 10.0, seed_hits=6.0)
+        core.acquire("a", 700.0)
+    assert hits(first) == hits(second) == {"a": pytest.approx(6.0 * 0.5 ** (690 / 600) + 1)}
+
+
+# -- eviction hints from several routers -----------------------------------------------------
+
+
+def test_two_routers_loading_one_cold_model_with_different_hints_evict_one_model() -> None:
+    """Both routers placed `c` here; each named its own victim. The first acquire takes a slot
+    (evicting its hint), the second joins that load: its hint is ignored, `b` stays."""
+    core = CacheCore(capacity=2)
+    load(core, "a", 1.0)
+    load(core, "b", 2.0)
+    first = core.acquire("c", 3.0, evict_hint="a", seed_hits=4.0)
+    assert first == Acquired(Acquisition.NEW_LOAD, victim="a", hinted=True, turn=True)
+    second = core.acquire("c", 3.0, evict_hint="b", seed_hits=7.0)
+    assert second == Acquired(Acquisition.LOADING)
+    assert resident(core) == ["b"]
+    assert core.state().loading == ("c",)
+    core.loaded("c")
+    assert hits(core) == {"b": 1.0, "c": 5.0}  # the first router's seed, plus the join
+
+
+def test_a_hint_naming_a_model_another_router_just_placed_is_not_followed() -> None:
+    """Router 1 placed `b` (loading, even once nothing pins it); router 2, not yet told, names
+    `b` as its victim. The LRU fallback passes over `b` and over the pinned `a`, and takes the
+    free `c`."""
+    core = CacheCore(capacity=3)
+    load(core, "a", 1.0)
+    core.acquire("a", 2.0)  # pinned by a request in progress, though least recently used
+    core.acquire("b", 3.0)  # loading for router 1
+    assert core.release("b") is False  # its client went away: the load goes on, unpinned
+    load(core, "c", 4.0)
+    got = core.acquire("d", 5.0, evict_hint="b")
+    assert got == Acquired(Acquisition.NEW_LOAD, victim="c", hinted=False, turn=True)
+    assert core.state().loading == ("b", "d")
+    assert resident(core) == ["a"]
+
+
+def test_a_hint_naming_a_queued_load_is_not_followed() -> None:
+    core = CacheCore(capacity=3, max_concurrent_loads=1)
+    core.acquire("x", 0.0)
+    core.acquire("y", 0.0)  # holds its slot, waits for a turn
+    load_turn = core.loaded("x")
+    assert load_turn.next_turn == "y"
+    core.release("x")
+    core.acquire("z", 1.0)  # queued behind y
+    core.release("z")  # its client went away: still queued, unpinned
+    got = core.acquire("w", 2.0, evict_hint="z")
+    assert (got.kind, got.victim, got.hinted) == (Acquisition.NEW_LOAD, "x", False)
+    assert core.holds("z")
+
+
+def test_a_hint_naming_a_pinned_model_when_nothing_else_is_free_changes_nothing() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a", 1.0)
+    core.acquire("a", 2.0)  # pinned
+    core.acquire("b", 3.0)  # loading
+    before = core.state()
+    assert core.acquire("c", 4.0, evict_hint="a").kind is Acquisition.NO_SLOT
+    assert core.acquire("c", 4.0, evict_hint="b").kind is Acquisition.NO_SLOT
+    assert core.state() == before
+
+
+def test_a_hint_naming_a_model_not_held_falls_back_to_lru() -> None:
+    core = CacheCore(capacity=2)
+    load(core, "a", 1.0)
+    load(core, "b", 2.0)
+    got = core.acquire("c", 3.0, evict_hint="gone")
+    assert (got.victim, got.hinted) == ("a", False)
+
+
+def test_a_hint_with_room_to_spare_evicts_nothing() -> None:
+    core = CacheCore(capacity=3)
+    load(core, "a", 1.0)
+    assert core.acquire("b", 2.0, evict_hint="a") == Acquired(Acquisition.NEW_LOAD, turn=True)
+    assert core.holds("a")
 
 
 # -- any interleaving keeps the invariants -----------------------------------------------------
@@ -291,3 +453,113 @@ def test_an_unmarked_model_is_never_due() -> None:
     load(core, "a")
     assert not core.evict_due("a")
     assert core.holds("a")
+
+
+# -- several routers, each hinting from its own stale view --------------------------------------
+
+ROUTERS = 3
+
+
+class SeveralRouters(RuleBasedStateMachine):
+    """Requests from several routers reach one cache in any order, each with the eviction hint
+    its router chose from the replica's last report it heard (stale, and different per router),
+    and a seed. An oracle of our own keeps what the cache must hold; after every step: slots
+    taken <= capacity, no loading or pinned model was ever the victim, one load per model at a
+    time (a model held is never loaded again until it left), and hits at a last use >= 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = CacheCore(capacity=2)
+        self.now = 0.0
+        self.held: dict[str, str] = {}  # model id -> "loading" | "resident", as the oracle sees it
+        self.pins: list[str] = []  # one per pin held
+        self.running: list[str] = []  # loads holding a turn
+        self.heard: list[list[str]] = [[] for _ in range(ROUTERS)]  # each router's last report
+
+    @initialize(capacity=st.integers(1, 4), max_loads=st.none() | st.integers(1, 2))
+    def setup(self, capacity: int, max_loads: int | None) -> None:
+        self.core = CacheCore(capacity=capacity, max_concurrent_loads=max_loads)
+
+    @rule(router=st.integers(0, ROUTERS - 1))
+    def report(self, router: int) -> None:
+        """A report reaches one router: its view of the replica is now the cache's state."""
+        state = self.core.state()
+        self.heard[router] = [m.model_id for m in state.models] + list(state.loading)
+
+    @rule(
+        router=st.integers(0, ROUTERS - 1),
+        model=st.sampled_from(MODELS),
+        pick=st.integers(0, 10),
+        seed=st.sampled_from([0.0, 1.0, 3.0, 250.0]),
+    )
+    def acquire(self, router: int, model: str, pick: int, seed: float) -> None:
+        view = self.heard[router]
+        hint = view[pick % len(view)] if view and pick < 8 else None
+        self._acquire(model, hint, seed)
+
+    def _acquire(self, model: str, hint: str | None, seed: float) -> None:
+        got = self.core.acquire(model, self.now, evict_hint=hint, seed_hits=seed)
+        phase = self.held.get(model)
+        if got.kind is Acquisition.NO_SLOT:
+            assert phase is None
+            assert len(self.held) >= self.core.capacity
+            assert all(p == "loading" or m in self.pins for m, p in self.held.items())
+            return
+        if got.kind is not Acquisition.NEW_LOAD:
+            assert phase == ("resident" if got.kind is Acquisition.RESIDENT else "loading")
+        else:
+            assert phase is None, f"{model} loaded again while the cache holds it"
+            if got.victim is not None:
+                assert self.held.get(got.victim) == "resident", "a loading model was evicted"
+                assert got.victim not in self.pins, "a pinned model was evicted"
+                assert got.hinted == (got.victim == hint)
+                del self.held[got.victim]
+            else:
+                assert len(self.held) < self.core.capacity, "a slot was taken twice"
+            self.held[model] = "loading"
+            if got.turn:
+                self.running.append(model)
+        self.pins.append(model)
+
+    @precondition(lambda self: bool(self.pins))
+    @rule(index=st.integers(0, 50))
+    def release(self, index: int) -> None:
+        model = self.pins.pop(index % len(self.pins))
+        self.core.release(model)
+
+    @precondition(lambda self: bool(self.running))
+    @rule(index=st.integers(0, 50), ok=st.booleans())
+    def load_ends(self, index: int, ok: bool) -> None:
+        model = self.running.pop(index % len(self.running))
+        if ok:
+            ended = self.core.loaded(model)
+            self.held[model] = "resident"
+        else:
+            ended = self.core.load_failed(model)
+            del self.held[model]
+            self.pins = [p for p in self.pins if p != model]  # its pins went with it
+        if ended.next_turn is not None:
+            assert self.held.get(ended.next_turn) == "loading"
+            self.running.append(ended.next_turn)
+
+    @rule(seconds=st.sampled_from([0.0, 1.0, 600.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    @invariant()
+    def the_cache_holds_what_the_oracle_says(self) -> None:
+        state = self.core.state()
+        assert len(self.core) == len(self.held) <= self.core.capacity
+        assert {m.model_id for m in state.models} == {
+            m for m, p in self.held.items() if p == "resident"
+        }
+        assert set(state.loading) == {m for m, p in self.held.items() if p == "loading"}
+        for m in state.models:
+            assert m.pins == self.pins.count(m.model_id)
+            assert m.hits >= 1.0, "a model's hits at its last use count that use"
+
+
+SeveralRouters.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None)
+test_several_routers_never_empty_one_slot_twice_nor_evict_a_fresh_placement = (
+    SeveralRouters.TestCase
+)

@@ -10,6 +10,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.auth import is_authorized
+from common.config import parse_config
 from common.wire import CHANNEL_PATH, ReplicaSnapshot, WireError, decode_snapshot, encode_error
 from replica import get_multiplexed_model_id, multiplexed
 from replica._cache_core import CacheState, ResidentModel
@@ -22,6 +23,7 @@ from replica._snapshot import (
     mean_load_ms,
 )
 from replica.server import ReplicaServer
+from router.server import RouterServer
 
 from polling import until
 
@@ -435,3 +437,44 @@ def test_the_snapshot_reports_the_caches_load_limit() -> None:
     server = ReplicaServer(Deployment(), replica_id="r")
     assert [cache.max_concurrent_loads for cache in runtime.caches()] == [1]
     assert server.snapshot().max_concurrent_loads == 1
+
+
+# -- hits, from a real router's count to its view --------------------------------------------
+
+
+@pytest.fixture
+async def real_router() -> AsyncIterator[
+    tuple[RouterServer, TestClient[web.Request, web.Application]]
+]:
+    """The router itself (not `FakeRouter`): its admission, its proxy and its view."""
+    config = parse_config({"deployment": {"import_path": "examples.synthetic:SyntheticModels"}})
+    server = RouterServer(config, SECRET)
+    client = TestClient(TestServer(server.app()))
+    await client.start_server()
+    yield server, client
+    await client.close()
+
+
+async def test_a_routers_count_seeds_the_hits_its_view_then_reads_from_the_reports(
+    real_router: tuple[RouterServer, TestClient[web.Request, web.Application]],
+    start_replica: StartReplica,
+) -> None:
+    """The router counted 5 requests for `m` before (served elsewhere, say): its cold dispatch
+    sends 6, the replica's new load starts there, and each of the 11 requests after it adds
+    one. The router's view shows 17 from the replica's reports, not its own count."""
+    router, client = real_router
+    await start_replica([str(client.make_url(""))], heartbeat_interval_s=0.1)
+    await until(lambda: "replica-1" in router.view.replicas, "the replica's first report")
+    for _ in range(5):
+        router.view.demand.arrived("m")
+    for _ in range(12):
+        async with client.get("/", headers={MODEL: "m"}) as resp:
+            assert resp.status == 200
+            assert await resp.text() == "m"
+
+    def hits() -> float | None:
+        copy = router.view.replicas["replica-1"].models.get("m")
+        return None if copy is None else copy.hits
+
+    await until(lambda: hits() is not None and hits() == pytest.approx(17.0, abs=0.05), "hits")
+    assert router.view.demand.frequency("m") == 17

@@ -18,9 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from common.auth import authorization_value, data_path_token
-from common.headers import CREDENTIAL_HEADER, EVICT_HEADER
+from common.headers import CREDENTIAL_HEADER, DEMAND_HEADER, EVICT_HEADER
 from common.status import ReplicaStateDocument
-from common.wire import decode_snapshot
+from common.wire import decode_snapshot, encode_snapshot
 from replica import MultiplexedLoader, get_multiplexed_model_id, multiplexed
 from replica._cli import run_replica
 from replica._runtime import runtime
@@ -720,6 +720,69 @@ async def test_only_a_routers_eviction_hint_is_obeyed(start_replica: StartReplic
     async with await replica.get("d", headers={EVICT_HEADER: "c"}) as resp:
         assert resp.status == 200
     assert [m for m, _ in replica.resident()] == ["b", "d"]  # the router's: obeyed
+
+
+def reported_hits(server: ReplicaServer) -> dict[str, float]:
+    """Each resident model's hits as the replica reports them now (through the wire format)."""
+    return {m.model_id: m.hits for m in decode_snapshot(encode_snapshot(server.state())).models}
+
+
+async def test_a_routers_demand_seeds_a_new_loads_hits_and_the_report_carries_them(
+    start_replica: StartReplica,
+) -> None:
+    replica = await start_replica(capacity=2)
+    async with await replica.get("m1", headers={DEMAND_HEADER: "7"}) as resp:
+        assert resp.status == 200
+    assert reported_hits(replica.server) == {"m1": pytest.approx(7.0, abs=0.01)}
+    async with await replica.get("m1", headers={DEMAND_HEADER: "500"}) as resp:
+        assert resp.status == 200  # warm: the demand seeds new loads only, this is one hit
+    assert reported_hits(replica.server) == {"m1": pytest.approx(8.0, abs=0.01)}
+    async with await replica.get("m2") as resp:  # a router's request without a demand
+        assert resp.status == 200
+    assert reported_hits(replica.server)["m2"] == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_demand_of_twelve_digits_is_taken(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", headers={DEMAND_HEADER: "999999999999"}) as resp:
+        assert resp.status == 200
+    assert reported_hits(replica.server) == {"m1": pytest.approx(999_999_999_999, rel=1e-6)}
+
+
+async def test_a_clients_demand_is_ignored(start_replica: StartReplica) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", as_router=False, headers={DEMAND_HEADER: "5000"}) as resp:
+        assert resp.status == 200
+    assert reported_hits(replica.server) == {"m1": pytest.approx(1.0, abs=0.01)}
+
+
+UNICODE_DIGITS = ("\u00b2", "\uff11\uff12", "\u0661\u0662")
+"""Superscript two, fullwidth and Arabic-Indic digits: `str.isdigit()` says yes to them all."""
+
+
+@pytest.mark.parametrize(
+    "demand",
+    ["abc", "-1", "1e9", "2.5", "+3", "0x10", "1 2", *UNICODE_DIGITS, "1" * 13, "", " "],
+    ids=repr,
+)
+async def test_a_demand_that_is_not_a_plain_count_is_ignored_never_an_error(
+    start_replica: StartReplica, demand: str
+) -> None:
+    replica = await start_replica()
+    async with await replica.get("m1", headers={DEMAND_HEADER: demand}) as resp:
+        assert resp.status == 200
+    assert reported_hits(replica.server) == {"m1": pytest.approx(1.0, abs=0.01)}
+
+
+async def test_a_prefetch_seeds_its_loads_hits_with_the_routers_demand(
+    two_loaders: tuple[Client, TwoLoaders],
+) -> None:
+    client, deployment = two_loaders
+    tokenizer = {"x-modelplex-cache": "TwoLoaders.load_tokenizer"}
+    assert (await prefetch(client, "m1", **tokenizer, **{DEMAND_HEADER: "9"}))[0] == 200
+    assert (await prefetch(client, "m2", **tokenizer, **{DEMAND_HEADER: "1e9"}))[0] == 200
+    models = TwoLoaders.load_tokenizer.cache_for(deployment).state().models
+    assert {m.model_id: m.hits for m in models} == {"m1": 9.0, "m2": 1.0}
 
 
 async def test_a_failed_load_is_a_500_that_says_so_and_is_reported(

@@ -80,6 +80,29 @@ async def test_release_frees_the_slot() -> None:
     assert (await gate.admit("m", LONG_S)).replica_id == "r1"
 
 
+async def test_a_cold_dispatch_carries_the_routers_count_of_the_model_a_warm_one_none() -> None:
+    gate = admission(snapshot("r1", ["a"], max_ongoing_requests=8))
+    reports.asked(gate.view, "m", 4)  # requests this router counted before (served elsewhere)
+    cold = await gate.admit("m", LONG_S)
+    assert (cold.cold, cold.demand) == (True, 5)  # its count, this request included
+    warm = await gate.admit("m", LONG_S)
+    assert (warm.cold, warm.demand) == (False, 0)
+    resident = await gate.admit("a", LONG_S)  # held by the replica's report: warm
+    assert (resident.cold, resident.demand) == (False, 0)
+    assert (await gate.admit("", LONG_S)).demand == 0  # no model: nothing to count
+
+
+async def test_a_cold_dispatch_from_the_queue_carries_the_count_at_its_dispatch() -> None:
+    gate = admission(snapshot("r1", max_ongoing_requests=1))
+    running = await gate.admit("x", LONG_S)
+    waiting = asyncio.create_task(gate.admit("m", LONG_S))
+    await until(lambda: gate.queued == 1)
+    reports.asked(gate.view, "m", 2)  # more requests for it arrived meanwhile (elsewhere)
+    gate.release(running, "x")
+    await until(waiting.done)
+    assert (waiting.result().cold, waiting.result().demand) == (True, 3)
+
+
 # -- the queue -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from common.wire import LoadFailure, ReplicaSnapshot
 from router.breaker import CircuitBreaker
-from router.view import ChannelClosed, ClusterView, ReplicaStatus, ReportOutcome
+from router.view import ChannelClosed, ClusterView, ModelCopy, ReplicaStatus, ReportOutcome
 
 from reports import NOW, cluster, snapshot
 
@@ -268,6 +268,129 @@ def test_finish_decrements_in_flight_and_never_below_zero() -> None:
     assert replica.in_flight == 0
 
 
+# -- what every router reads alike: hits, the reported last use, the load ------------------
+
+
+def copy_of(view: ClusterView, model_id: str, replica_id: str = "r1") -> ModelCopy:
+    return view.replicas[replica_id].models[model_id]
+
+
+def test_hits_are_taken_from_the_report() -> None:
+    view = cluster(snapshot("r1", [("a", 5.0, 0, 12.5), ("b", 1.0, 0, 0.0)]))
+    assert copy_of(view, "a").hits == 12.5
+    assert copy_of(view, "b").hits == 0.0  # the replica reports hits: none for b
+
+
+def test_a_replica_that_reports_no_hits_gives_none_not_zero() -> None:
+    """An older replica (or one whose hits all faded): its models' worth is unknown."""
+    view = cluster(snapshot("r1", [("a", 5.0), ("b", 1.0)]))
+    assert (copy_of(view, "a").hits, copy_of(view, "b").hits) == (None, None)
+
+
+def test_each_report_replaces_the_hits_of_the_last() -> None:
+    view = cluster(snapshot("r1", [("a", 5.0, 0, 12.5)], sequence=1))
+    view.apply_report(snapshot("r1", [("a", 5.0, 0, 3.0)], sequence=2), NOW + 1)
+    assert copy_of(view, "a").hits == 3.0
+    view.apply_report(snapshot("r1", [("a", 5.0, 0)], sequence=3), NOW + 2)
+    assert copy_of(view, "a").hits is None
+    view.apply_report(snapshot("r1", [("a", 5.0, 0, 9.0)], sequence=2), NOW + 3)  # late
+    assert copy_of(view, "a").hits is None
+
+
+def test_this_routers_requests_do_not_change_the_reported_hits() -> None:
+    view = cluster(snapshot("r1", [("a", 5.0, 0, 4.0)]))
+    for _ in range(3):
+        view.dispatch("r1", "a", NOW + 1)
+    view.finish("r1", "a", NOW + 2)
+    assert copy_of(view, "a").hits == 4.0
+    view.dispatch("r1", "new", NOW + 3)  # placed by this router: no report of it yet
+    assert copy_of(view, "new").hits is None
+
+
+def test_the_reported_last_use_is_the_reports_not_this_routers_requests() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", [("a", 30.0), ("b", 10.0)], sequence=1), NOW)
+    assert copy_of(view, "a").reported_used == NOW - 30.0
+    assert copy_of(view, "b").reported_used == NOW - 10.0
+    view.dispatch("r1", "a", NOW + 1)
+    view.finish("r1", "a", NOW + 2)
+    assert copy_of(view, "a").last_used == NOW + 2  # this router's own view moved
+    assert copy_of(view, "a").reported_used == NOW - 30.0  # what every router reads did not
+    view.apply_report(snapshot("r1", [("a", 0.5), ("b", 20.0)], sequence=2), NOW + 5)
+    assert copy_of(view, "a").reported_used == NOW + 4.5
+    # b: the replica says 20 s idle now, not 10 s as before; the report is taken as it is
+    assert copy_of(view, "b").reported_used == NOW - 15.0
+
+
+def test_the_reported_last_use_of_a_report_older_than_our_last_request_is_still_the_reports() -> (
+    None
+):
+    view = cluster(snapshot("r1", [("a", 30.0)], sequence=1))
+    view.dispatch("r1", "a", NOW + 10)
+    view.apply_report(snapshot("r1", [("a", 20.0)], sequence=2), NOW + 11)  # built before it
+    assert copy_of(view, "a").last_used == NOW + 10
+    assert copy_of(view, "a").reported_used == NOW - 9.0
+
+
+def test_a_model_this_router_places_was_last_used_when_it_placed_it() -> None:
+    view = cluster(snapshot("r1", ["a"], capacity=3))
+    view.dispatch("r1", "m", NOW + 1)
+    view.prefetch("r1", "p", NOW + 2)
+    assert copy_of(view, "m").reported_used == NOW + 1
+    assert copy_of(view, "p").reported_used == NOW + 2
+    view.dispatch("r1", "m", NOW + 3)
+    assert copy_of(view, "m").reported_used == NOW + 1
+
+
+def test_the_load_is_the_reported_in_flight_plus_this_routers_changes_since() -> None:
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], in_flight=3, sequence=1), NOW)
+    replica = view.replicas["r1"]
+    assert replica.load == 3
+    view.dispatch("r1", "a", NOW)
+    view.dispatch("r1", "a", NOW)
+    assert replica.load == 5
+    view.finish("r1", "a", NOW)
+    assert replica.load == 4
+    # The next report counts the one of ours still in flight among its 6: nothing added.
+    view.apply_report(snapshot("r1", ["a"], in_flight=6, sequence=2), NOW + 1)
+    assert replica.load == 6
+    view.finish("r1", "a", NOW + 1)  # the one the report counted
+    assert replica.load == 5
+    view.dispatch("r1", "", NOW + 1)  # a request without a model counts too
+    assert replica.load == 6
+
+
+def test_the_load_is_never_negative() -> None:
+    """Two of ours went out just before a report built without them (in_flight 0): when they
+    end, the load would be 0 + 0 - 2."""
+    view = ClusterView()
+    view.apply_report(snapshot("r1", ["a"], in_flight=0, sequence=1), NOW)
+    view.dispatch("r1", "a", NOW)
+    view.dispatch("r1", "a", NOW)
+    view.apply_report(snapshot("r1", ["a"], in_flight=0, sequence=2), NOW + 0.01)
+    replica = view.replicas["r1"]
+    assert replica.load == 0
+    view.finish("r1", "a", NOW + 1)
+    view.finish("r1", "a", NOW + 1)
+    assert replica.load == 0
+    view.dispatch("r1", "a", NOW + 2)
+    # One is in flight, but by the counts alone it is 0 reported - 2 ended + 1 sent: the
+    # next report corrects it. All that is promised is that it never goes below zero.
+    assert replica.load >= 0
+
+
+def test_the_load_of_other_routers_is_read_from_the_report_alike() -> None:
+    """Two routers with different traffic of their own read the same load from one report."""
+    quiet, busy = ClusterView(), ClusterView()
+    busy.apply_report(snapshot("r1", ["a"], in_flight=0, sequence=1), NOW)
+    for _ in range(3):
+        busy.dispatch("r1", "a", NOW)
+    for view in (quiet, busy):
+        view.apply_report(snapshot("r1", ["a"], in_flight=5, sequence=2), NOW + 1)
+    assert quiet.replicas["r1"].load == busy.replicas["r1"].load == 5
+
+
 # -- a report that predates a dispatch -------------------------------------------------------
 
 
@@ -505,6 +628,7 @@ def test_forget_removes_the_replica_and_its_index_entries() -> None:
 REPLICA_IDS = ("r0", "r1", "r2")
 MODEL_IDS = ("m0", "m1", "m2", "m3", "m4")
 INCARNATIONS = ("i0", "i1")
+HITS = (0.0, 0.0, 1.0, 7.5)
 
 
 @st.composite
@@ -512,7 +636,10 @@ def reports(draw: st.DrawFn) -> ReplicaSnapshot:
     resident = draw(st.lists(st.sampled_from(MODEL_IDS), unique=True, max_size=4))
     return snapshot(
         draw(st.sampled_from(REPLICA_IDS)),
-        [(m, draw(st.floats(0.0, 10.0)), draw(st.integers(0, 2))) for m in resident],
+        [
+            (m, draw(st.floats(0.0, 10.0)), draw(st.integers(0, 2)), draw(st.sampled_from(HITS)))
+            for m in resident
+        ],
         loading=draw(st.lists(st.sampled_from(MODEL_IDS), unique=True, max_size=2)),
         sequence=draw(st.integers(0, 8)),
         incarnation=draw(st.sampled_from(INCARNATIONS)),
@@ -537,6 +664,7 @@ class ViewMachine(RuleBasedStateMachine):
         self.replica_in_flight: dict[str, int] = {}
         self.model_in_flight: dict[tuple[str, str], int] = {}
         self.outstanding: list[tuple[str, str]] = []
+        self.at_report: dict[str, int] = {}  # replica id -> our requests on it at its report
 
     def _forget_models_of(self, replica_id: str) -> None:
         for key in [k for k in self.model_in_flight if k[0] == replica_id]:
@@ -574,7 +702,13 @@ class ViewMachine(RuleBasedStateMachine):
                 if count > 0:
                     assert model_id in self.view.replicas[rid].models
         self.known[rid] = (report.incarnation, report.sequence)
+        self.at_report[rid] = self.replica_in_flight.get(rid, 0)
         replica = self.view.replicas[rid]
+        reports_hits = any(e.hits for e in report.models)
+        for e in report.models:
+            copy = replica.models[e.model_id]
+            assert copy.hits == (e.hits if reports_hits else None)
+            assert copy.reported_used == self.now - e.idle_s
         assert not replica.down
         assert not replica.stale
         assert replica.draining is report.draining
@@ -766,6 +900,13 @@ class ViewMachine(RuleBasedStateMachine):
             assert replica.in_flight == self.replica_in_flight.get(replica.replica_id, 0)
             for copy in replica.models.values():
                 assert copy.in_flight >= 0
+
+    @invariant()
+    def the_load_is_the_report_plus_our_changes_since_never_negative(self) -> None:
+        for replica in self.view:
+            rid = replica.replica_id
+            ours = self.replica_in_flight.get(rid, 0) - self.at_report.get(rid, 0)
+            assert replica.load == max(0, replica.reported_in_flight + ours)
 
     @invariant()
     def a_model_with_requests_in_flight_stays(self) -> None:
