@@ -109,7 +109,7 @@ class RouterConfig:
     # shared state; routers agree from the replicas' reports alone, which covers all but the
     # requests each sent in the last moments. Unreachable, each router decides on its own.
     placement_lease_url: str | None = None
-    placement_lease_ttl_s: float = 2.0  # how long a lease outlives its placement's reports
+    placement_lease_ttl_s: float = 0.5  # long enough for its placement to reach every router
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,6 +29,9 @@ class ResidentModelDocument(TypedDict):
     """Seconds since the model was last used."""
     in_use: int
     """Requests holding (pinning) the model; on the router, its own plus the replica's report."""
+    hits: float
+    """How often it was asked for there (every router's requests, decayed by time), as the
+    replica counts it; 0 from a replica that does not report hits."""
 
 
 class ReplicaStatusDocument(TypedDict):

@@ -192,7 +192,9 @@ def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:
         url=snapshot.url,
         capacity=snapshot.capacity,
         models=[
-            ResidentModelDocument(model_id=m.model_id, idle_s=m.idle_s, in_use=m.in_use)
+            ResidentModelDocument(
+                model_id=m.model_id, idle_s=m.idle_s, in_use=m.in_use, hits=m.hits
+            )
             for m in snapshot.models
         ],
         loading=list(snapshot.loading),

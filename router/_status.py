@@ -40,6 +40,7 @@ def status_document(server: RouterServer, now: float) -> RouterStatusDocument:
                     model_id=copy.model_id,
                     idle_s=round(max(0.0, now - copy.last_used), 3),
                     in_use=copy.in_flight + copy.reported_in_use,
+                    hits=copy.hits or 0.0,
                 )
                 for copy in replica.lru_models()
                 if not copy.loading

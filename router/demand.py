@@ -4,8 +4,12 @@ requests waiting and since when, and how long loads and inferences take.
 Pure: the router (or the simulator) feeds it arrivals, waits and completions with their
 times; the policy reads it. Frequencies are exact counts over a sliding window that halves
 every `window` arrivals (TinyLFU's aging), so memory stays bounded by the models seen recently
-and an old favourite fades out within a few windows. Requests per minute (`ArrivalRate`, for
-operators; the policy does not read it) are counted once `track_rates` gives it a clock.
+and an old favourite fades out within a few windows. A model's frequency is the larger of this
+router's count and the hits a replica last reported for it (`observe_hits`, remembered after
+the model leaves): with several routers, each counts only its share of the traffic, but the
+replicas count all of it, so every router knows a favourite it has seen little of. Requests
+per minute (`ArrivalRate`, for operators; the policy does not read it) are counted once
+`track_rates` gives it a clock.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Demand:
         self.window = window
         self.version = 0  # changes with every arrival
         self.counts: dict[str, int] = {}
+        self.reported: dict[str, int] = {}  # model -> hits a replica last reported for it
         self._arrivals_in_window = 0
         self.waiting: dict[str, int] = {}
         self.waiting_since: dict[str, float] = {}
@@ -45,7 +50,14 @@ class Demand:
         self._infer_seen = False
 
     def frequency(self, model_id: str) -> int:
-        return self.counts.get(model_id, 0)
+        count = self.counts.get(model_id, 0)
+        reported = self.reported.get(model_id, 0)
+        return reported if reported > count else count
+
+    def observe_hits(self, model_id: str, hits: float) -> None:
+        """A replica reported `hits` for `model_id` (every router's requests for it there)."""
+        if hits >= 1.0:
+            self.reported[model_id] = int(hits)
 
     def arrived(self, model_id: str) -> None:
         """A request for `model_id` came in (count it once, however often it is re-offered)."""
@@ -62,6 +74,7 @@ class Demand:
     def _age(self) -> None:
         self._arrivals_in_window //= 2
         self.counts = {m: c >> 1 for m, c in self.counts.items() if c > 1}
+        self.reported = {m: c >> 1 for m, c in self.reported.items() if c > 1}
 
     def wait_started(self, model_id: str, now: float) -> None:
         count = self.waiting.get(model_id, 0)

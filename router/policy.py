@@ -461,7 +461,7 @@ class ModelplexPolicy:
         replica's cheapest out, and a router knows its own requests before the others do.
         """
         demand = view.demand
-        counts = demand.counts
+        frequency = demand.frequency
         holders = view.holders
         best: tuple[float, float, bytes] | None = None
         victim: _Victim | None = None
@@ -483,7 +483,7 @@ class ModelplexPolicy:
             shared: tuple[float, float, str] | None = None  # its cheapest model, by the reports
             local: tuple[float, float, str] | None = None  # its cheapest model free of ours
             for name, copy in replica.models.items():
-                worth: float = counts.get(name, 0) if copy.hits is None else copy.hits
+                worth: float = frequency(name) if copy.hits is None else copy.hits
                 if copy.loading or copy.in_use:
                     if cheapest_busy is None or worth < cheapest_busy:
                         cheapest_busy = worth

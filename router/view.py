@@ -357,7 +357,10 @@ class ClusterView:
     ) -> dict[str, ModelCopy]:
         models: dict[str, ModelCopy] = {}
         reports_hits = any(entry.hits for entry in snapshot.models)
+        demand = self.demand
         for entry in snapshot.models:
+            if reports_hits:
+                demand.observe_hits(entry.model_id, entry.hits)
             old = previous.get(entry.model_id)
             last_used = now - entry.idle_s
             copy = ModelCopy(

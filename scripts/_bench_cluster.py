@@ -61,6 +61,8 @@ def bench_cluster(config: RunConfig) -> LocalCluster:
     router: dict[str, Any] = {}
     if config.patience is not None:
         router["popular_model_patience"] = config.patience
+    if config.placement_lease is not None:
+        router["placement_lease_url"] = config.placement_lease
     init_kwargs: dict[str, Any] = {"load_s": config.load_s, "infer_s": config.infer_s}
     deployment: dict[str, Any] = {
         "max_num_models_per_replica": config.capacity,

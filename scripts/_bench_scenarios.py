@@ -57,6 +57,7 @@ class RunConfig:
     max_concurrent_loads: int | None = None  # per replica; None = as many as slots
     routers: int = 1  # router processes sharing the router port (router.count)
     spread: str = "alternate"  # several routers: "alternate" over their own URLs, or "shared"
+    placement_lease: str | None = None  # router.placement_lease_url (a Redis URL); None: off
 
 
 SCENARIOS: dict[str, dict[str, Any]] = {

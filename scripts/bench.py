@@ -92,6 +92,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="several routers: deal the client connections out to the routers' own URLs in\n"
         "turn (alternate, the default), or send all to the port they share (shared)",
     )
+    parser.add_argument(
+        "--placement-lease",
+        metavar="REDIS_URL",
+        help="several routers: router.placement_lease_url (e.g. redis://127.0.0.1:6379/0)",
+    )
     parser.add_argument("--nginx", action="store_true", help="overhead: compare with nginx")
     parser.add_argument("--json", type=Path, help="bench-results/bench-<timestamp>.json")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNGs here")

@@ -293,7 +293,7 @@ def test_a_placement_lease_takes_a_redis_url_and_is_off_by_default(url: str) -> 
     assert parse_config(deployment()).router.placement_lease_url is None
     router = parse_config({**deployment(), "router": {"placement_lease_url": url}}).router
     assert router.placement_lease_url == url
-    assert router.placement_lease_ttl_s == 2.0
+    assert router.placement_lease_ttl_s == 0.5
     err = config_error({**deployment(), "router": {"placement_lease_url": "redis:/x"}})
     assert "router.placement_lease_url: must be null (no lease) or a Redis URL" in str(err)
 

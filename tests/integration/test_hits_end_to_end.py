@@ -12,8 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from router.launch import LocalCluster, wait_for
 
 MODEL = "serve_multiplexed_model_id"
@@ -34,12 +32,6 @@ def ask(cluster: LocalCluster, model_id: str) -> str:
         return replica
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="/-/status shows a model's idle_s and in_use, not the hits its replica reports "
-    "(router/_status.py, common/status.py ResidentModelDocument)",
-)
 def test_after_n_requests_the_routers_status_shows_hits_close_to_n(tmp_path: Path) -> None:
     with LocalCluster(tmp_path, num_replicas=1, deployment=QUICK_DEPLOYMENT) as cluster:
         served_by = {ask(cluster, "m") for _ in range(REQUESTS)}
