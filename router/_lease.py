@@ -8,6 +8,11 @@ chose, in one atomic call (a Lua script: the holder if a lease is live, else thi
 choice, stored with a TTL). The first claim wins; a router that loses sends its request where
 the winner placed the model. Redis is an existing engine: nothing here is a protocol of ours.
 
+A claim names the replica and the sequence number of that replica's last report the claimant
+had seen. A lease is stale once a later report of that replica does not show the model (it
+was evicted since, or its load failed): a router then keeps its own choice rather than send the
+model back to a replica that has just given it up.
+
 Failures never stop routing: a claim that errs, or takes longer than `timeout_s`, returns None
 and the router keeps its own choice. After a failure no claim is tried for `retry_s`, so an
 outage costs one timeout rather than one per cold request; it is logged once per streak.
@@ -20,12 +25,13 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["PlacementLease", "lease_namespace"]
+__all__ = ["Claim", "PlacementLease", "lease_namespace"]
 
 logger = logging.getLogger("modelplex.router.lease")
 
@@ -36,6 +42,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return ARGV[1]
 """
 _ERRORS: Final = (OSError, asyncio.TimeoutError, UnicodeDecodeError)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who holds a placement: the replica, and its report sequence the claimant had seen."""
+
+    replica_id: str
+    sequence: int
 
 
 def lease_namespace(secret: str) -> str:
@@ -73,17 +87,21 @@ class PlacementLease:
         self._skip_until = -float("inf")
         self.failing = False  # the last claim failed
 
-    async def claim(self, model_id: str, replica_id: str) -> str | None:
-        """The replica `model_id` goes to: `replica_id` if this claim won, the winner's
-        choice if another router claimed it first, None if Redis did not answer in time."""
+    async def claim(self, model_id: str, replica_id: str, sequence: int) -> Claim | None:
+        """Where `model_id` goes: (`replica_id`, `sequence`) if this claim won, the winner's
+        claim if another router's came first, None if Redis did not answer in time (or holds
+        something unreadable)."""
         if self._clock() < self._skip_until:
             return None
         key = f"{self._namespace}:place:{model_id}"
         try:
             async with asyncio.timeout(self.timeout_s):
-                raw = await self._script(keys=[key], args=[replica_id, self._ttl_ms])
-            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
-        except self._errors as exc:
+                value = f"{sequence} {replica_id}"
+                raw = await self._script(keys=[key], args=[value, self._ttl_ms])
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            seen, _, holder = text.partition(" ")
+            claim = Claim(holder, int(seen))
+        except (*self._errors, ValueError) as exc:
             self._skip_until = self._clock() + self.retry_s
             if not self.failing:
                 logger.warning(
@@ -98,7 +116,7 @@ class PlacementLease:
         if self.failing:
             logger.info("placement lease available again")
             self.failing = False
-        return holder
+        return claim
 
     async def close(self) -> None:
         await self._redis.aclose()

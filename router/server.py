@@ -53,7 +53,7 @@ from router._channel import ReportIntake
 from router._dashboard import dashboard_handler
 from router._forward import Body, Forwarder, PrefixedStream, Retry, error_message
 from router._http import request_headers
-from router._lease import PlacementLease, lease_namespace
+from router._lease import Claim, PlacementLease, lease_namespace
 from router._status import metrics_text, status_document
 from router._telemetry import Outcome, RequestRecord, Telemetry
 from router._upstream import UpstreamPool
@@ -153,7 +153,7 @@ class RouterServer:
             )
         # Cold placements whose lease is being claimed: their model's other requests wait
         # for the answer before they go anywhere.
-        self._claims: dict[str, asyncio.Future[str | None]] = {}
+        self._claims: dict[str, asyncio.Future[Claim | None]] = {}
         self.started_at = time.time()
         self.url = ""  # where it listens; shared with the other routers when there are several
         self.direct_url = ""  # its own address: `url` unless it shares that one
@@ -400,31 +400,36 @@ class RouterServer:
         the requests after it go there, and nothing loads it here)."""
         assert self.lease is not None
         pending = self._claims.get(model_id)
-        holder: str | None = None
+        claim: Claim | None = None
         try:
             if pending is not None:
-                holder = await asyncio.shield(pending)
+                claim = await asyncio.shield(pending)
             elif admitted.cold:
                 pending = asyncio.get_running_loop().create_future()
                 self._claims[model_id] = pending
+                sequence = self.view.replicas[admitted.replica_id].sequence
                 try:
-                    holder = await self.lease.claim(model_id, admitted.replica_id)
+                    claim = await self.lease.claim(model_id, admitted.replica_id, sequence)
                 finally:
                     del self._claims[model_id]
-                    pending.set_result(holder)
+                    pending.set_result(claim)
                 self.counters["lease_claims"] += 1
-                if holder is None:
+                if claim is None:
                     self.counters["lease_unavailable"] += 1
             else:
                 return admitted
         except BaseException:
             self.admission.release(admitted, model_id, ok=False)
             raise
-        if holder is None or holder == admitted.replica_id or holder in tried:
+        if claim is None or claim.replica_id == admitted.replica_id:
             return admitted
+        holder = claim.replica_id
         now = self.clock()
         target = self.view.replicas.get(holder)
-        if target is None or not target.routable:
+        if target is None or not target.routable or holder in tried:
+            return admitted
+        if target.sequence > claim.sequence and model_id not in target.models:
+            self.counters["lease_stale"] += 1  # reported since, without the model
             return admitted
         if holder in self.view.load_failures.failed_on(model_id, now):
             return admitted

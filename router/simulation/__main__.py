@@ -80,6 +80,7 @@ _DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "policies": ",".join(POLICY_NAMES),
     "report_delay_ms": 2.0,
+    "routers": 1,
     "heartbeat_s": 1.0,
     "max_queued": 1000,
     "queue_timeout_s": 30.0,
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, of {','.join(POLICY_NAMES + EXTRA_POLICIES)} (affinity: policy v1)",
     )
     add("--report-delay-ms", type=float, help="cache change to snapshot applied in the view")
+    add("--routers", type=int, help="routers, each with its own view; requests alternate")
     add("--heartbeat-s", type=float)
     add("--max-queued", type=int, help="the router's queue bound")
     add("--queue-timeout-s", type=float)
@@ -176,6 +178,7 @@ def scenario_from(options: dict[str, Any]) -> Scenario:
         queue_timeout_s=options["queue_timeout_s"],
         retry_after_s=options["retry_after_s"],
         seed=options["seed"],
+        routers=options["routers"],
     )
     workload = WorkloadSpec(
         requests=options["requests"],

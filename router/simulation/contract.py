@@ -43,6 +43,7 @@ class SimRequest:
     attempts: int = 0  # decisions asked for it so far
     state: object | None = None  # the policy's per-request routing context
     replica: int = -1  # the simulated replica serving it, once dispatched
+    router: int = 0  # the router it was sent to (with several)
     evict: str | None = None  # the router's eviction hint sent with it
     demand: int = 0  # the router's count of its model, sent with a cold dispatch
     dispatched_at: float = 0.0

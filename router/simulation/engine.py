@@ -15,6 +15,11 @@ deadlines the policy names), wrapped by `router.simulation.admission.SyncAdmissi
 request is dropped after `queue_timeout_s`.
 A prefetch reaches its replica at once and pins the model until its load is done.
 
+With `routers` above 1, each router is its own view, policy object and admission queue, as
+several live routers are: requests go to them in turn (a client connection each, spread), a
+router sees only its own requests and dispatches, and every replica's report reaches every
+router `report_delay_s` after the change. Nothing else is shared.
+
 Closed loop: `concurrency` clients, each sending its next request when the previous one is
 answered, or `retry_after_s` after it was refused or timed out (the router's 503 carries
 Retry-After: 1). Open loop: the workload's arrival times. Latency is answer
@@ -23,6 +28,7 @@ time minus arrival time, queueing included.
 
 from __future__ import annotations
 
+import copy
 import random
 from array import array
 from dataclasses import dataclass, field
@@ -58,6 +64,7 @@ class EngineConfig:
     retry_after_s: float = 1.0  # a closed-loop client's pause after a refusal or a time-out
     pending_grace_s: float = 2.0
     seed: int = 0
+    routers: int = 1  # router processes, each with its own view; requests alternate
 
 
 @dataclass(slots=True)
@@ -85,7 +92,7 @@ class RunStats:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     arrivals: array[float] = field(default_factory=lambda: array("d"))  # of answered requests
     answered_models: list[str] = field(default_factory=list)  # the model of each latency
-    view: ClusterView | None = None  # the router's view at the end, for memory measurement
+    view: ClusterView | None = None  # the (first) router's view at the end, for memory
 
 
 def simulate(
@@ -100,7 +107,12 @@ class _Engine:
         self.config = config
         self.workload = workload
         self.observer = policy if isinstance(policy, ReportObserver) else None
-        self.view = ClusterView(pending_grace_s=config.pending_grace_s)
+        if config.routers > 1 and self.observer is not None:
+            raise ValueError(f"{name}: a policy that observes reports runs on one router only")
+        self.views = [
+            ClusterView(pending_grace_s=config.pending_grace_s) for _ in range(config.routers)
+        ]
+        self.view = self.views[0]
         self.sims = [
             SimReplica(
                 i,
@@ -113,10 +125,16 @@ class _Engine:
         self.by_id = {sim.replica_id: sim for sim in self.sims}
         for sim in self.sims:  # every replica registers before any traffic
             hello = sim.snapshot(0.0)
-            self.view.apply_report(hello, 0.0)
+            for view in self.views:
+                view.apply_report(hello, 0.0)
             if self.observer is not None:
                 self.observer.observe_report(hello, 0.0)
-        self.admission = SyncAdmission(self.view, policy, self, max_queued=config.max_queued)
+        policies = [policy] + [copy.deepcopy(policy) for _ in range(config.routers - 1)]
+        self.admissions = [
+            SyncAdmission(view, each, self, max_queued=config.max_queued)
+            for view, each in zip(self.views, policies, strict=True)
+        ]
+        self.admission = self.admissions[0]
         self.rng = random.Random(f"load/{config.seed}")
         self.stats = RunStats(name, len(workload.model_ids), per_replica=[0] * config.replicas)
         self.heap: list[tuple[float, int, int, Any, Any]] = []
@@ -136,7 +154,7 @@ class _Engine:
 
     def run(self) -> RunStats:
         started = perf_counter()
-        config, view, admission = self.config, self.view, self.admission
+        config, views, admissions = self.config, self.views, self.admissions
         n = len(self.workload.model_ids)
         for sim in self.sims:
             phase = config.heartbeat_interval_s * (sim.index + 1) / len(self.sims)
@@ -154,10 +172,12 @@ class _Engine:
             if kind == _DONE:
                 self._done(a)
             elif kind == _REPORT:
-                view.apply_report(a, now)
+                for view in views:
+                    view.apply_report(a, now)
                 if self.observer is not None:
                     self.observer.observe_report(a, now)
-                admission.offer(now)
+                for admission in admissions:
+                    admission.offer(now)
             elif kind == _LOADED:
                 a.loaded(b[0], now, b[1])
                 self._drain(a)
@@ -178,27 +198,28 @@ class _Engine:
                     if now - a.arrived_at >= config.queue_timeout_s:
                         self._end(a, timed_out=True)
                     else:
-                        admission.retry(a, now)
+                        admissions[a.router].retry(a, now)
             elif kind == _OFFER:
                 self.offers_due.discard(now)
-                admission.offer(now)
+                for admission in admissions:
+                    admission.offer(now)
             elif kind == _TIMEOUT and not a.done and a.replica < 0:
-                admission.time_out(a)
+                admissions[a.router].time_out(a)
                 self._end(a, timed_out=True)
         return self._finish_stats(perf_counter() - started)
 
     def _finish_stats(self, wall_s: float) -> RunStats:
-        stats, counts = self.stats, self.admission.stats
+        stats, every = self.stats, [admission.stats for admission in self.admissions]
         stats.wall_s = wall_s
         stats.sim_time_s = self.now
         stats.loads = sum(s.loads for s in self.sims)
         stats.evictions = sum(s.evictions for s in self.sims)
         stats.hint_evictions = sum(s.hint_evictions for s in self.sims)
-        stats.decisions = counts.decisions
-        stats.waits = counts.waits
-        stats.decide_wall_s = self.admission.decide_wall_s
-        stats.prefetches = counts.prefetches
-        stats.max_queued = counts.max_queued
+        stats.decisions = sum(counts.decisions for counts in every)
+        stats.waits = sum(counts.waits for counts in every)
+        stats.decide_wall_s = sum(admission.decide_wall_s for admission in self.admissions)
+        stats.prefetches = sum(counts.prefetches for counts in every)
+        stats.max_queued = max(counts.max_queued for counts in every)
         stats.view = self.view
         return stats
 
@@ -212,7 +233,8 @@ class _Engine:
         request = SimRequest(
             index, self.workload.model_ids[index], self.now, self.workload.infer_s[index]
         )
-        self.admission.admit(request, self.now)
+        request.router = index % len(self.admissions)
+        self.admissions[request.router].admit(request, self.now)
 
     def _end(self, request: SimRequest, *, rejected: bool = False, timed_out: bool = False) -> None:
         request.done = True
@@ -237,7 +259,7 @@ class _Engine:
         sim.finish(request, self.now)
         self._drain(sim)
         if not request.prefetch:
-            self.admission.release(request, sim.replica_id, self.now)
+            self.admissions[request.router].release(request, sim.replica_id, self.now)
             self._end(request)
 
     # -- what admission asks of the engine (AdmissionHost) ---------------------------------

@@ -164,7 +164,8 @@ async def test_three_routers_with_divergent_views_load_each_cold_model_once(
             seen = counters(cluster)
             assert sum(c.get("lease_claims", 0) for c in seen) >= REPETITIONS
             assert sum(c.get("lease_unavailable", 0) for c in seen) == 0
-            print(f"lease redirects: {[c.get('lease_redirects', 0) for c in seen]}")
+            for name in ("lease_redirects", "lease_stale"):
+                print(f"{name}: {[c.get(name, 0) for c in seen]}")
         finally:
             cluster.close()
 
