@@ -19,7 +19,9 @@ The HTTP glue calls these and decides nothing. The view keeps these invariants:
   disagrees with the replicas; property-tested);
 - a dispatch takes effect at once (optimistically): the model is loading on that replica and is
   its most recently used, so a burst for a cold model sees one holder, not a spray of loads;
-  reports that predate the dispatch cannot erase it while it is pending or in use;
+  reports that predate the dispatch cannot erase it while it is pending or in use, nor for
+  `answered_grace_s` after its answer; a report after that without it is believed (another
+  router's request may have evicted it);
 - a report is applied only if it is newer (same incarnation, higher sequence) or comes from a
   new incarnation (the replica restarted: what the old process held is gone); a late report of
   an incarnation already replaced is stale, never a restart back to it.
@@ -228,6 +230,7 @@ class ClusterView:
         self,
         *,
         pending_grace_s: float = 2.0,
+        answered_grace_s: float = 0.1,
         demand: Demand | None = None,
         breaker: CircuitBreaker | None = None,
         load_failures: LoadFailures | None = None,
@@ -236,6 +239,7 @@ class ClusterView:
         `load_failures`: where failed loads are remembered (`router.load_failures`)."""
         self.load_failures = LoadFailures() if load_failures is None else load_failures
         self.pending_grace_s = pending_grace_s
+        self.answered_grace_s = answered_grace_s
         self.breaker = CircuitBreaker() if breaker is None else breaker
         self.replicas: dict[str, ReplicaView] = {}
         self.holders: dict[str, set[str]] = {}
@@ -627,8 +631,10 @@ class ClusterView:
         copy.last_used = max(copy.last_used, now)
         copy.finished_since_report += 1
         if ok:
-            # The answer came back, so the replica has the model; keep it until a report says.
-            copy.pending_until = max(copy.pending_until, now + self.pending_grace_s)
+            # The answer came back, so the replica had the model. A report sent before that
+            # may still arrive: keep it through that, not longer, since a later report that
+            # leaves it out means it was evicted since (by another router's request, say).
+            copy.pending_until = now + self.answered_grace_s
         elif copy.loading and copy.loaded_at is None and copy.in_flight == 0:
             # Refused or failed before any report showed it: do not count on it being there.
             self._drop(replica, model_id)
