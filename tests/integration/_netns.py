@@ -18,9 +18,41 @@ import subprocess
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["IP", "Host", "Hosts", "unavailable"]
+__all__ = [
+    "DEPLOYMENT",
+    "HEARTBEAT_TIMEOUT_S",
+    "IP",
+    "LIVENESS_S",
+    "MARGIN_S",
+    "MODEL",
+    "MODELS",
+    "REQUEST_TIMEOUT_S",
+    "WORKERS",
+    "Host",
+    "Hosts",
+    "unavailable",
+]
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
+
+# What the multi-host tests run on those hosts, and how long they give a change.
+MODEL = "serve_multiplexed_model_id"
+MODELS = [f"model-{n}" for n in range(6)]
+WORKERS = 4
+HEARTBEAT_TIMEOUT_S = 2.0
+REQUEST_TIMEOUT_S = 20.0
+DEPLOYMENT = {
+    "max_num_models_per_replica": len(MODELS),  # nothing is evicted: what a host held, it holds
+    "max_ongoing_requests": 8,
+    "heartbeat_interval_s": 0.2,
+    "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
+    "graceful_shutdown_timeout_s": 5.0,
+}
+LIVENESS_S = 30.0
+"""How long a change may take before the test fails: generous, never a speed claim."""
+MARGIN_S = 10.0
+"""Beyond heartbeat_timeout_s, how long a cut host may stay in routing: generous too."""
+
 _RUNS = itertools.count()
 
 

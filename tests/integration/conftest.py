@@ -10,6 +10,8 @@ import pytest
 from router.launch import LocalCluster, ReplicaPlacement
 from router.launch._local_cluster import SYNTHETIC_IMPORT_PATH
 
+from _netns import Host, Hosts
+
 QUICK_DEPLOYMENT = {
     "max_num_models_per_replica": 2,
     "max_ongoing_requests": 8,
@@ -53,3 +55,10 @@ def start_cluster(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     yield start
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Host]]:
+    """Three separate hosts (network namespaces) for the multi-host tests; root only."""
+    with Hosts(3) as made:
+        yield made.hosts

@@ -31,27 +31,21 @@ from common.auth import authorization_value, data_path_token
 from common.headers import CREDENTIAL_HEADER
 from router.launch import LocalCluster, ReplicaPlacement, wait_for
 
-from _netns import Host, Hosts, unavailable
+from _netns import (
+    DEPLOYMENT,
+    HEARTBEAT_TIMEOUT_S,
+    LIVENESS_S,
+    MARGIN_S,
+    MODEL,
+    MODELS,
+    REQUEST_TIMEOUT_S,
+    WORKERS,
+    Host,
+    unavailable,
+)
 
 _NO_NETNS = unavailable()
 pytestmark = pytest.mark.skipif(_NO_NETNS is not None, reason=f"{_NO_NETNS}")
-
-MODEL = "serve_multiplexed_model_id"
-MODELS = [f"model-{n}" for n in range(6)]
-WORKERS = 4
-HEARTBEAT_TIMEOUT_S = 2.0
-REQUEST_TIMEOUT_S = 20.0
-DEPLOYMENT = {
-    "max_num_models_per_replica": len(MODELS),  # nothing is evicted: what a host held, it holds
-    "max_ongoing_requests": 8,
-    "heartbeat_interval_s": 0.2,
-    "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
-    "graceful_shutdown_timeout_s": 5.0,
-}
-LIVENESS_S = 30.0
-"""How long a change may take before the test fails: generous, never a speed claim."""
-MARGIN_S = 10.0
-"""Beyond heartbeat_timeout_s, how long a cut host may stay in routing: generous too."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +137,6 @@ def ask_replica(url: str, model: str, secret: str) -> tuple[dict[str, Any], bool
         return body, response.getheader("x-modelplex-cold") is not None
     finally:
         connection.close()
-
-
-@pytest.fixture
-def hosts() -> Iterator[list[Host]]:
-    with Hosts(3) as made:
-        yield made.hosts
 
 
 @pytest.fixture

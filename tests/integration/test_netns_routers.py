@@ -45,28 +45,23 @@ from common.status import ReplicaStatusDocument
 from router.launch import LocalCluster, ReplicaPlacement, wait_for
 from router.launch._local_cluster import LOAD_COUNTER
 
-from _netns import Host, Hosts, unavailable
+from _netns import (
+    DEPLOYMENT,
+    HEARTBEAT_TIMEOUT_S,
+    LIVENESS_S,
+    MARGIN_S,
+    MODEL,
+    MODELS,
+    REQUEST_TIMEOUT_S,
+    WORKERS,
+    Host,
+    unavailable,
+)
 
 _NO_NETNS = unavailable()
 pytestmark = pytest.mark.skipif(_NO_NETNS is not None, reason=f"{_NO_NETNS}")
 
-MODEL = "serve_multiplexed_model_id"
-MODELS = [f"model-{n}" for n in range(6)]
 ROUTERS = 2
-WORKERS = 4
-HEARTBEAT_TIMEOUT_S = 2.0
-REQUEST_TIMEOUT_S = 20.0
-DEPLOYMENT = {
-    "max_num_models_per_replica": len(MODELS),  # nothing is evicted: what a host held, it holds
-    "max_ongoing_requests": 8,
-    "heartbeat_interval_s": 0.2,
-    "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
-    "graceful_shutdown_timeout_s": 5.0,
-}
-LIVENESS_S = 30.0
-"""How long a change may take before the test fails: generous, never a speed claim."""
-MARGIN_S = 10.0
-"""Beyond heartbeat_timeout_s, how long a cut host may stay in routing: generous too."""
 ROUTABLE = {"healthy", "probing"}
 """The `/-/status` states a router still sends requests in (`ReplicaView.routable`)."""
 
@@ -248,12 +243,6 @@ def report_failures(outcomes: list[Outcome], origin: float) -> list[Outcome]:
             f"{o.ended_at - o.issued_at:.2f} s later: {o.status} {o.detail}"
         )
     return failed
-
-
-@pytest.fixture
-def hosts() -> Iterator[list[Host]]:
-    with Hosts(3) as made:
-        yield made.hosts
 
 
 @pytest.fixture
