@@ -110,6 +110,7 @@ class RouterConfig:
     # requests each sent in the last moments. Unreachable, each router decides on its own.
     placement_lease_url: str | None = None
     placement_lease_ttl_s: float = 0.5  # long enough for its placement to reach every router
+    placement_lease_timeout_s: float = 0.05  # a claim unanswered by then: decide alone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -283,6 +284,9 @@ _ROUTER_RULES: Mapping[str, _Rule] = {
     ),
     "placement_lease_ttl_s": _Rule(
         _seconds, lambda v: 0.05 <= v <= 60, "a number of seconds from 0.05 to 60"
+    ),
+    "placement_lease_timeout_s": _Rule(
+        _seconds, lambda v: 0.001 <= v <= 10, "a number of seconds from 0.001 to 10"
     ),
 }
 

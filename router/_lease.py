@@ -8,10 +8,11 @@ chose, in one atomic call (a Lua script: the holder if a lease is live, else thi
 choice, stored with a TTL). The first claim wins; a router that loses sends its request where
 the winner placed the model. Redis is an existing engine: nothing here is a protocol of ours.
 
-A claim names the replica and the sequence number of that replica's last report the claimant
-had seen. A lease is stale once a later report of that replica does not show the model (it
-was evicted since, or its load failed): a router then keeps its own choice rather than send the
-model back to a replica that has just given it up.
+A claim carries its age by Redis's clock (one clock for every router). A lease older than
+`FRESH_S` whose replica does not show the model in this router's view is stale (the model was
+evicted since, or its load failed): the router keeps its own choice rather than send the model
+back to a replica that has just given it up. A younger one is always followed, since the
+winner's request may not have reached its replica yet.
 
 Failures never stop routing: a claim that errs, or takes longer than `timeout_s`, returns None
 and the router keeps its own choice. After a failure no claim is tried for `retry_s`, so an
@@ -36,20 +37,26 @@ __all__ = ["Claim", "PlacementLease", "lease_namespace"]
 logger = logging.getLogger("modelplex.router.lease")
 
 _CLAIM: Final = """
-local holder = redis.call('GET', KEYS[1])
-if holder then return holder end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
+local clock = redis.call('TIME')
+local now = tostring(clock[1] * 1000 + math.floor(clock[2] / 1000))
+local held = redis.call('GET', KEYS[1])
+if held then return {held, now} end
+local claim = now .. ' ' .. ARGV[1]
+redis.call('SET', KEYS[1], claim, 'PX', ARGV[2])
+return {claim, now}
 """
+FRESH_S: Final = 0.25
+"""A lease this young is followed whatever the view shows: the winner's request may still be
+on its way to the replica, whose reports cannot show the model yet."""
 _ERRORS: Final = (OSError, asyncio.TimeoutError, UnicodeDecodeError)
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Who holds a placement: the replica, and its report sequence the claimant had seen."""
+    """Who holds a placement: the replica, and how long ago it was claimed (Redis's clock)."""
 
     replica_id: str
-    sequence: int
+    age_s: float
 
 
 def lease_namespace(secret: str) -> str:
@@ -87,20 +94,18 @@ class PlacementLease:
         self._skip_until = -float("inf")
         self.failing = False  # the last claim failed
 
-    async def claim(self, model_id: str, replica_id: str, sequence: int) -> Claim | None:
-        """Where `model_id` goes: (`replica_id`, `sequence`) if this claim won, the winner's
-        claim if another router's came first, None if Redis did not answer in time (or holds
-        something unreadable)."""
+    async def claim(self, model_id: str, replica_id: str) -> Claim | None:
+        """Where `model_id` goes: `replica_id` (age 0) if this claim won, the winner's claim if
+        another router's came first, None if Redis did not answer in time (or holds something
+        unreadable)."""
         if self._clock() < self._skip_until:
             return None
         key = f"{self._namespace}:place:{model_id}"
         try:
             async with asyncio.timeout(self.timeout_s):
-                value = f"{sequence} {replica_id}"
-                raw = await self._script(keys=[key], args=[value, self._ttl_ms])
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            seen, _, holder = text.partition(" ")
-            claim = Claim(holder, int(seen))
+                held, now = await self._script(keys=[key], args=[replica_id, self._ttl_ms])
+            claimed_at, _, holder = _text(held).partition(" ")
+            claim = Claim(holder, max(0.0, (int(_text(now)) - int(claimed_at)) / 1000))
         except (*self._errors, ValueError) as exc:
             self._skip_until = self._clock() + self.retry_s
             if not self.failing:
@@ -120,3 +125,7 @@ class PlacementLease:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -53,7 +53,7 @@ from router._channel import ReportIntake
 from router._dashboard import dashboard_handler
 from router._forward import Body, Forwarder, PrefixedStream, Retry, error_message
 from router._http import request_headers
-from router._lease import Claim, PlacementLease, lease_namespace
+from router._lease import FRESH_S, Claim, PlacementLease, lease_namespace
 from router._status import metrics_text, status_document
 from router._telemetry import Outcome, RequestRecord, Telemetry
 from router._upstream import UpstreamPool
@@ -149,6 +149,7 @@ class RouterServer:
             self.lease = PlacementLease(
                 router.placement_lease_url,
                 ttl_s=router.placement_lease_ttl_s,
+                timeout_s=router.placement_lease_timeout_s,
                 namespace=lease_namespace(secret),
             )
         # Cold placements whose lease is being claimed: their model's other requests wait
@@ -407,9 +408,8 @@ class RouterServer:
             elif admitted.cold:
                 pending = asyncio.get_running_loop().create_future()
                 self._claims[model_id] = pending
-                sequence = self.view.replicas[admitted.replica_id].sequence
                 try:
-                    claim = await self.lease.claim(model_id, admitted.replica_id, sequence)
+                    claim = await self.lease.claim(model_id, admitted.replica_id)
                 finally:
                     del self._claims[model_id]
                     pending.set_result(claim)
@@ -428,8 +428,8 @@ class RouterServer:
         target = self.view.replicas.get(holder)
         if target is None or not target.routable or holder in tried:
             return admitted
-        if target.sequence > claim.sequence and model_id not in target.models:
-            self.counters["lease_stale"] += 1  # reported since, without the model
+        if claim.age_s > FRESH_S and model_id not in target.models:
+            self.counters["lease_stale"] += 1  # its replica has given the model up since
             return admitted
         if holder in self.view.load_failures.failed_on(model_id, now):
             return admitted

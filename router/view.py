@@ -230,7 +230,7 @@ class ClusterView:
         self,
         *,
         pending_grace_s: float = 2.0,
-        answered_grace_s: float = 0.1,
+        answered_grace_s: float = 0.05,
         demand: Demand | None = None,
         breaker: CircuitBreaker | None = None,
         load_failures: LoadFailures | None = None,

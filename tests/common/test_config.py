@@ -45,6 +45,7 @@ router:
   popular_model_patience: 10
   placement_lease_url: redis://redis:6379/0
   placement_lease_ttl_s: 1.5
+  placement_lease_timeout_s: 0.2
 deployment:
   import_path: examples.tenants:TenantModels
   init_kwargs: {model_dir: ./models, warm: [a, b]}
@@ -117,6 +118,7 @@ def test_full_file_loads_and_round_trips(tmp_path: Path) -> None:
         popular_model_patience=10.0,
         placement_lease_url="redis://redis:6379/0",
         placement_lease_ttl_s=1.5,
+        placement_lease_timeout_s=0.2,
     )
     assert config.deployment.init_kwargs == {"model_dir": "./models", "warm": ["a", "b"]}
     assert config.deployment.num_replicas == 4

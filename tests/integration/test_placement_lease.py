@@ -94,7 +94,12 @@ def lease_cluster(tmp_path: Path, redis_port: int) -> LocalCluster:
         routers=ROUTERS,
         deployment=DEPLOYMENT,
         init_kwargs={"load_s": 0.3, "infer_s": 0.005},
-        router={"placement_lease_url": f"redis://127.0.0.1:{redis_port}/0"},
+        # A claim may wait longer than the default 50 ms on a busy CI machine: this test is
+        # about agreement, not Redis's latency.
+        router={
+            "placement_lease_url": f"redis://127.0.0.1:{redis_port}/0",
+            "placement_lease_timeout_s": 1.0,
+        },
     ).start()
 
 
