@@ -17,6 +17,7 @@ __all__ = [
     "LoadFailureDocument",
     "ReplicaStateDocument",
     "ReplicaStatusDocument",
+    "ReportedRouterDocument",
     "ResidentModelDocument",
     "RouterInfoDocument",
     "RouterStatusDocument",
@@ -79,6 +80,13 @@ class RouterStatusDocument(TypedDict):
     """Sorted by replica id, numerically where the id ends in a number."""
 
 
+class ReportedRouterDocument(TypedDict):
+    url: str
+    """A router the replica reports to (given with --router, or found with --router-dns)."""
+    connected: bool
+    """Its state channel is open now."""
+
+
 class ReplicaStateDocument(TypedDict):
     replica_id: str
     incarnation: str
@@ -93,3 +101,5 @@ class ReplicaStateDocument(TypedDict):
     draining: bool
     load_ms_avg: float | None
     max_concurrent_loads: int | None
+    routers: list[ReportedRouterDocument]
+    """Every router it reports to, and whether each channel is up."""

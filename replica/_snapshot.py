@@ -19,10 +19,10 @@ router sees one replica, so they are merged here:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from common.model_id import InvalidModelId, validate_model_id
-from common.status import ReplicaStateDocument, ResidentModelDocument
+from common.status import ReplicaStateDocument, ReportedRouterDocument, ResidentModelDocument
 from common.wire import (
     MAX_LOAD_FAILURES,
     MAX_MODELS_PER_REPORT,
@@ -183,8 +183,11 @@ def _latest_failures(failures: Sequence[LoadFailure]) -> tuple[LoadFailure, ...]
     return tuple(ordered[-MAX_LOAD_FAILURES:])
 
 
-def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:
-    """`snapshot` as the replica's `/-/state` document (JSON-ready)."""
+def state_document(
+    snapshot: ReplicaSnapshot, routers: Mapping[str, bool] | None = None
+) -> ReplicaStateDocument:
+    """`snapshot` as the replica's `/-/state` document (JSON-ready); `routers`: each router
+    it reports to, and whether that channel is connected."""
     return ReplicaStateDocument(
         replica_id=snapshot.replica_id,
         incarnation=snapshot.incarnation,
@@ -203,4 +206,8 @@ def state_document(snapshot: ReplicaSnapshot) -> ReplicaStateDocument:
         draining=snapshot.draining,
         load_ms_avg=snapshot.load_ms_avg,
         max_concurrent_loads=snapshot.max_concurrent_loads,
+        routers=[
+            ReportedRouterDocument(url=url, connected=connected)
+            for url, connected in sorted((routers or {}).items())
+        ],
     )

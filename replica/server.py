@@ -433,7 +433,10 @@ class ReplicaServer:
     async def _state(self, request: web.Request) -> web.StreamResponse:
         if not self._has_secret(request):
             return self._unauthorized()
-        return self._reserved(request, lambda: web.json_response(state_document(self.state())))
+        return self._reserved(
+            request,
+            lambda: web.json_response(state_document(self.state(), self.reporter.routers)),
+        )
 
     async def _metrics_text(self, request: web.Request) -> web.StreamResponse:
         if self.routers_only and not self._has_secret(request):

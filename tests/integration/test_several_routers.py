@@ -203,3 +203,20 @@ async def test_a_drain_through_one_router_takes_the_replica_out_of_routing_on_bo
 def test_a_cluster_needs_a_router(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="routers must be >= 1"):
         LocalCluster(tmp_path, routers=0)
+
+
+async def test_a_replicas_state_lists_every_router_it_reports_to(tmp_path: Path) -> None:
+    cluster = two_routers(tmp_path)
+    try:
+        headers = {"Authorization": authorization_value(cluster.secret)}
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            for url in cluster.replica_urls().values():
+                async with session.get(url + "/-/state", headers=headers) as answer:
+                    assert answer.status == 200
+                    routers = (await answer.json())["routers"]
+                assert routers == [
+                    {"url": router_url, "connected": True}
+                    for router_url in sorted(cluster.router_urls)
+                ]
+    finally:
+        cluster.close()
