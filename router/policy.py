@@ -17,6 +17,10 @@ from a clock or the network. The live router and `scripts/simulate` run the same
    loader is busy waits in the router's queue until the first one frees, instead of queueing
    behind one replica's loads.
 5. Hot models get more copies when their queue outlasts a load (`plan_copies`).
+6. Several routers agree where a cold model goes without talking: the replica is chosen from
+   what they all read alike in the reports (free slots, the replicas' reported hits as a
+   model's worth, reported last use and load), ties broken by rendezvous hashing on the model
+   id; only what the chosen replica gives up is this router's own call.
 `AffinityPolicy` (v1) is plain affinity plus LRU, kept as a baseline for the simulator.
 """
 
