@@ -83,8 +83,8 @@ def run_status(args: argparse.Namespace) -> int:
     if args.watch is not None:
         if args.watch <= 0:
             return fail("--watch takes a number of seconds > 0")
-        try:  # the rates are one router's: the first one's
-            return asyncio.run(_watch_status(addresses[0], context, interval_s=args.watch))
+        try:
+            return asyncio.run(_watch_status(addresses, context, interval_s=args.watch))
         except KeyboardInterrupt:
             return 0
     if len(addresses) > 1:
@@ -164,35 +164,48 @@ async def _show_statuses(
     return 0
 
 
-async def _watch_status(url: str, context: ssl.SSLContext | None, *, interval_s: float) -> int:
-    """Redraw the status every `interval_s`, with the rates since the previous look, until
-    Ctrl-C; a router that does not answer is said so, and the watch goes on."""
+async def _watch_status(
+    urls: list[str], context: ssl.SSLContext | None, *, interval_s: float
+) -> int:
+    """Redraw every router's status every `interval_s`, each with its rates since the previous
+    look, until Ctrl-C; a router that does not answer is said so, and the watch goes on."""
     secret = load_secret()
     headers = {"Authorization": authorization_value(secret)} if secret else {}
     timeout = aiohttp.ClientTimeout(total=5.0)
-    previous: Sample | None = None
+    previous: dict[str, Sample] = {}
     connector = aiohttp.TCPConnector(ssl=context or True)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         while True:
-            lines: list[str]
-            try:
-                async with session.get(f"{url}/-/status", headers=headers) as response:
-                    document = status_document(await response.json(content_type=None))
-                async with session.get(f"{url}/-/metrics", headers=headers) as response:
-                    buckets = parse_duration_buckets(await response.text())
-                if document is None:
-                    raise ValueError(f"{url}/-/status is not a router's status")
-                sample = Sample(time.monotonic(), dict(document["router"]["counters"]), buckets)
-                lines = [format_status(document)]
-                if previous is not None:
-                    lines.append(rates_line(previous, sample))
-                previous = sample
-            except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-                lines = [f"cannot read {url}: {err}; trying again every {interval_s:g} s"]
+            lines: list[str] = []
+            for url in urls:
+                if len(urls) > 1:
+                    lines.append(f"router {url}")
+                try:
+                    sample, document = await _look(session, url, headers)
+                    lines.append(format_status(document))
+                    if url in previous:
+                        lines.append(rates_line(previous[url], sample))
+                    previous[url] = sample
+                except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+                    lines.append(f"cannot read {url}: {err}; trying again every {interval_s:g} s")
             stamp = time.strftime("%H:%M:%S")
-            print(f"{_CLEAR}modelplex status --watch {url}  {stamp}  (Ctrl-C ends)", flush=False)
+            shown = urls[0] if len(urls) == 1 else f"{len(urls)} routers"
+            print(f"{_CLEAR}modelplex status --watch {shown}  {stamp}  (Ctrl-C ends)", flush=False)
             print("\n".join(lines), flush=True)
             await asyncio.sleep(interval_s)
+
+
+async def _look(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str]
+) -> tuple[Sample, RouterStatusDocument]:
+    """One look at a router: its counters and request-duration buckets, and its status."""
+    async with session.get(f"{url}/-/status", headers=headers) as response:
+        document = status_document(await response.json(content_type=None))
+    async with session.get(f"{url}/-/metrics", headers=headers) as response:
+        buckets = parse_duration_buckets(await response.text())
+    if document is None:
+        raise ValueError(f"{url}/-/status is not a router's status")
+    return Sample(time.monotonic(), dict(document["router"]["counters"]), buckets), document
 
 
 async def _launcher_lines(launcher: LauncherInfo) -> list[str]:

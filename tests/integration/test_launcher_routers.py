@@ -180,6 +180,38 @@ async def test_an_apply_that_changes_router_count_is_refused(tmp_path: Path) -> 
         assert up.stop() == 0
 
 
+async def test_status_watch_shows_every_router_with_its_rates(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.yaml"
+    write_config(config, count=2)
+    up = Up(config)
+    try:
+        await asyncio.to_thread(
+            wait_for,
+            lambda: up.states("replica-1") == ["healthy", "healthy"],
+            60,
+            "replica-1 healthy on both routers",
+        )
+        argv = [sys.executable, "-m", "router.launch", "status", "--watch", "0.2", str(config)]
+        watch = ChildProcess("watch", argv, env=environment(), cwd=tmp_path)
+        try:
+            for _ in range(4):  # traffic on both, between the looks
+                for url in up.info.router_urls:
+                    assert await served_by(url, 3)
+                await asyncio.sleep(0.2)
+        finally:
+            watch.signal(signal.SIGINT)
+            code = await asyncio.to_thread(watch.wait, 30)
+            out = watch.output()
+            watch.stop()
+        assert code == 0, out
+        assert "--watch 2 routers" in out
+        for url in up.info.router_urls:
+            assert f"router {url}" in out
+        assert out.count("req/s") >= 4  # each router's rates, redrawn
+    finally:
+        assert up.stop() == 0
+
+
 def test_up_refuses_a_bad_router_count(tmp_path: Path) -> None:
     config = tmp_path / "cluster.yaml"
     write_config(config)
