@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["connect_host", "is_loopback", "reachable_url"]
+__all__ = ["connect_host", "is_loopback", "reachable_url", "url_host"]
 
 _WILDCARD_TO_LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 literal bracketed (once), anything else as it is."""
+    host = host.removeprefix("[").removesuffix("]")
+    return f"[{host}]" if ":" in host else host
 
 
 def connect_host(bind_host: str) -> str:
     """The URL host for a server bound to `bind_host`: loopback for a wildcard, IPv6 bracketed."""
     host = bind_host.removeprefix("[").removesuffix("]")
-    host = _WILDCARD_TO_LOOPBACK.get(host, host)
-    return f"[{host}]" if ":" in host else host
+    return url_host(_WILDCARD_TO_LOOPBACK.get(host, host))
 
 
 def reachable_url(url: str) -> str:

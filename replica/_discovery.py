@@ -24,6 +24,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from common.addresses import url_host
+
 __all__ = [
     "AddressBook",
     "AddressChanges",
@@ -78,20 +80,16 @@ class RouterName:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{_bracketed(self.host)}:{self.port}"
+        return f"{self.scheme}://{url_host(self.host)}:{self.port}"
 
     @property
     def host_header(self) -> str:
         """What a channel sends as `Host`: the name, as a client of the name would."""
-        return f"{_bracketed(self.host)}:{self.port}"
+        return f"{url_host(self.host)}:{self.port}"
 
     def address_url(self, address: str) -> str:
         """The URL of the router at `address` (one of this name's addresses)."""
-        return f"{self.scheme}://{_bracketed(address)}:{self.port}"
-
-
-def _bracketed(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{url_host(address)}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 
-from common.addresses import is_loopback
+from common.addresses import is_loopback, url_host
 from common.auth import load_secret
 from common.config import ConfigError, load_config
 from common.loop import event_loop_runner
@@ -58,8 +58,8 @@ async def _serve(
     listener = listening_on(server.app(), addresses, backlog=2048, limits=limits, ssl_context=tls)
     router_scheme = scheme(server.config.tls, Side.ROUTER)
     async with listener as bound:
-        server.url = f"{router_scheme}://{host}:{bound[0]}"
-        server.direct_url = f"{router_scheme}://{host}:{bound[-1]}"
+        server.url = f"{router_scheme}://{url_host(host)}:{bound[0]}"
+        server.direct_url = f"{router_scheme}://{url_host(host)}:{bound[-1]}"
 
         def announce() -> None:
             print(f"modelplex router listening on {server.url}", flush=True)

@@ -60,7 +60,7 @@ from router._upstream import UpstreamPool
 from router.breaker import CircuitBreaker, RetryBudget
 from router.load_failures import LoadFailures
 from router.policy import ModelplexPolicy, Prefetch
-from router.view import ClusterView
+from router.view import Claimed, ClusterView
 
 __all__ = ["RouterServer"]
 
@@ -396,9 +396,9 @@ class RouterServer:
     ) -> Admitted:
         """With a placement lease: where `admitted` really goes. A cold placement claims the
         lease for its replica; the model's other requests meanwhile wait for that answer. If
-        another router won the claim, and its replica is one this router can route to, the
-        request is admitted again after the view records the model loading there (so it and
-        the requests after it go there, and nothing loads it here)."""
+        another router won the claim and the view says to follow it
+        (`ClusterView.claimed_elsewhere`, which records the model loading there), the request
+        is admitted again, and goes there."""
         assert self.lease is not None
         pending = self._claims.get(model_id)
         claim: Claim | None = None
@@ -421,21 +421,22 @@ class RouterServer:
         except BaseException:
             self.admission.release(admitted, model_id, ok=False)
             raise
-        if claim is None or claim.replica_id == admitted.replica_id:
+        if claim is None:
             return admitted
-        holder = claim.replica_id
-        now = self.clock()
-        target = self.view.replicas.get(holder)
-        if target is None or not target.routable or holder in tried:
-            return admitted
-        if claim.age_s > FRESH_S and model_id not in target.models:
-            self.counters["lease_stale"] += 1  # its replica has given the model up since
-            return admitted
-        if holder in self.view.load_failures.failed_on(model_id, now):
+        outcome = self.view.claimed_elsewhere(
+            model_id,
+            admitted.replica_id,
+            claim.replica_id,
+            claim.age_s,
+            self.clock(),
+            fresh_s=FRESH_S,
+            avoid=tried,
+        )
+        if outcome is Claimed.STALE:
+            self.counters["lease_stale"] += 1
+        if outcome is not Claimed.FOLLOW:
             return admitted
         self.counters["lease_redirects"] += 1
-        self.view.prefetch(holder, model_id, now)  # another router's request loads it there
-        self.view.withdrawn(admitted.replica_id, model_id)  # and nothing loads it here
         self.admission.release(admitted, model_id, ok=False)
         return await self.admission.admit(model_id, wait_s, tried=tried)
 

@@ -8,7 +8,7 @@ routing or the view: a connection to it was refused (`mark_down`), its report ch
 (`expire`), it stayed out long enough to be dropped (`forget_departed`) or left (`forget`), or
 an operator drained it (`drain`). A report from it brings it back. A placement this router
 takes back before it reached the replica (another router placed the model first, by the
-placement lease) leaves the view at once (`withdrawn`). An operator's eviction of
+placement lease) leaves the view at once (`claimed_elsewhere`). An operator's eviction of
 a model takes it out of the view at once (`evicted`); the replica stops reporting it. Its
 circuit breaker (`router.breaker`) takes it out of routing after consecutive failed requests,
 whatever its reports say (`request_failed`), lets one probe through after a cool-down
@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from common.wire import UNLIMITED_CAPACITY as UNLIMITED
@@ -42,6 +43,7 @@ from router.load_failures import LoadFailures
 
 __all__ = [
     "ChannelClosed",
+    "Claimed",
     "ClusterView",
     "ModelCopy",
     "ReplicaStatus",
@@ -70,6 +72,14 @@ class ChannelClosed(enum.Enum):
     LEFT = "left"  # it was draining with nothing of ours in flight: forgotten
     DOWN = "down"  # anything else: out of routing until it reports again
     STALE_NEWS = "stale_news"  # unknown, or a newer incarnation already reports: nothing changes
+
+
+class Claimed(enum.Enum):
+    """What a placement another router claimed means here (`ClusterView.claimed_elsewhere`)."""
+
+    FOLLOW = "follow"  # send the request where the other router placed the model
+    STALE = "stale"  # its replica has given the model up since: keep this router's choice
+    KEEP = "keep"  # not a replica to follow: keep this router's choice
 
 
 class ReportOutcome(enum.Enum):
@@ -544,17 +554,39 @@ class ClusterView:
         self._drop(replica, model_id)
         return True
 
-    def withdrawn(self, replica_id: str, model_id: str) -> bool:
-        """This router's placement of `model_id` on the replica is taken back before any
-        request reached it (another router placed the model elsewhere first): it leaves the
-        view now; True if the view held it there as a placement no report has confirmed."""
-        replica = self.replicas.get(replica_id)
+    def claimed_elsewhere(
+        self,
+        model_id: str,
+        ours: str,
+        holder: str,
+        age_s: float,
+        now: float,
+        *,
+        fresh_s: float,
+        avoid: AbstractSet[str] = frozenset(),
+    ) -> Claimed:
+        """Another router claimed the placement of `model_id` (by the placement lease) for
+        `holder`, `age_s` ago, while this router placed it on `ours`: whether to follow.
+
+        FOLLOW when `holder` is routable, not in `avoid`, has not failed to load the model,
+        and shows it, or was claimed under `fresh_s` ago (its request may not have reached it
+        yet). The view then records the model loading on `holder` and withdraws this router's
+        placement on `ours` if no report has confirmed it, so the requests after this one go
+        to `holder` too, and nothing loads it on `ours`. STALE: `holder` has given the model
+        up since. KEEP otherwise (and when `holder` is `ours`)."""
+        target = self.replicas.get(holder)
+        if holder == ours or target is None or not target.routable or holder in avoid:
+            return Claimed.KEEP
+        if holder in self.load_failures.failed_on(model_id, now):
+            return Claimed.KEEP
+        if age_s > fresh_s and model_id not in target.models:
+            return Claimed.STALE
+        self.prefetch(holder, model_id, now)
+        replica = self.replicas.get(ours)
         copy = replica.models.get(model_id) if replica is not None else None
-        if replica is None or copy is None or not copy.loading or copy.loaded_at is not None:
-            return False
-        self.version += 1
-        self._drop(replica, model_id)
-        return True
+        if replica is not None and copy is not None and copy.loading and copy.loaded_at is None:
+            self._drop(replica, model_id)
+        return Claimed.FOLLOW
 
     # -- the request path ------------------------------------------------------------------
 

@@ -55,11 +55,11 @@ from common.status import ReplicaStatusDocument, RouterStatusDocument
 from common.tls import Side, client_context
 from router.launch._child_process import TAIL_LINES, ChildProcess, ClusterFailed, wait_for
 from router.launch._launcher import child_environment
+from router.launch._router_set import DIRECT_ADDRESS
 
 __all__ = ["LocalCluster", "ReplicaPlacement"]
 
 SYNTHETIC_IMPORT_PATH = "examples.synthetic:SyntheticModels"
-DIRECT_ADDRESS = re.compile(r"modelplex router direct address (https?://\S+)")
 LOAD_COUNTER = re.compile(
     r"^serve_multiplexed_models_load_counter(?:_total)?\{[^}]*\}\s+(\S+)$", re.MULTILINE
 )

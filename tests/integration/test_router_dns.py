@@ -100,7 +100,7 @@ async def test_a_replica_reports_to_every_router_its_router_name_resolves_to(
     )
     try:
         v4_url = reachable_url(router_v4.url(STARTUP_S))
-        v6_url = reachable_url(router_v6.url(STARTUP_S))  # the router prints http://::1:port
+        v6_url = reachable_url(router_v6.url(STARTUP_S))
         assert (v4_url, v6_url) == (f"http://127.0.0.1:{port}", f"http://[::1]:{port}")
         replica = ChildProcess(
             "replica-1",

@@ -12,7 +12,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from common.wire import LoadFailure, ReplicaSnapshot
 from router.breaker import CircuitBreaker
-from router.view import ChannelClosed, ClusterView, ModelCopy, ReplicaStatus, ReportOutcome
+from router.view import (
+    ChannelClosed,
+    Claimed,
+    ClusterView,
+    ModelCopy,
+    ReplicaStatus,
+    ReportOutcome,
+)
 
 from reports import NOW, cluster, snapshot
 
@@ -1040,3 +1047,54 @@ def test_an_evicted_model_leaves_the_view_at_once() -> None:
     assert view.in_flight == 0
     view.apply_report(snapshot("r1", ["b"], sequence=2), now=3.0)  # the replica confirms
     assert held(view, "r1") == {"b"}
+
+
+# -- a placement another router claimed (the placement lease) -------------------------------
+
+
+def _placed_on_r1() -> ClusterView:
+    view = cluster(snapshot("r1", ["a"]), snapshot("r2", ["b"]), snapshot("r3", ["c"]))
+    view.dispatch("r1", "m", NOW)  # this router's cold placement, not yet reported
+    return view
+
+
+def test_a_fresh_claim_elsewhere_moves_the_placement_there() -> None:
+    view = _placed_on_r1()
+    outcome = view.claimed_elsewhere("m", "r1", "r2", 0.01, NOW, fresh_s=0.25)
+    assert outcome is Claimed.FOLLOW
+    assert view.holders["m"] == {"r2"}  # loading there; nothing will load it on r1
+    assert view.replicas["r2"].models["m"].loading
+
+
+def test_a_claim_the_holder_has_given_up_since_is_stale() -> None:
+    view = _placed_on_r1()
+    assert view.claimed_elsewhere("m", "r1", "r2", 0.4, NOW, fresh_s=0.25) is Claimed.STALE
+    assert view.holders["m"] == {"r1"}
+
+
+def test_an_old_claim_whose_holder_shows_the_model_is_followed() -> None:
+    view = _placed_on_r1()
+    view.apply_report(snapshot("r2", ["b"], loading=["m"], sequence=2), NOW)
+    assert view.claimed_elsewhere("m", "r1", "r2", 5.0, NOW, fresh_s=0.25) is Claimed.FOLLOW
+    assert view.holders["m"] == {"r2"}
+
+
+@pytest.mark.parametrize(
+    ("holder", "avoid"), [("r1", ()), ("gone", ()), ("r2", ("r2",)), ("r3", ())]
+)
+def test_a_claim_for_no_replica_to_follow_keeps_this_routers_choice(
+    holder: str, avoid: tuple[str, ...]
+) -> None:
+    view = _placed_on_r1()
+    view.drain("r3")
+    outcome = view.claimed_elsewhere(
+        "m", "r1", holder, 0.0, NOW, fresh_s=0.25, avoid=frozenset(avoid)
+    )
+    assert outcome is Claimed.KEEP
+    assert view.holders["m"] == {"r1"}
+
+
+def test_a_claim_on_a_replica_that_failed_the_load_is_not_followed() -> None:
+    view = _placed_on_r1()
+    view.load_failures.record("m", "r2", "boom", NOW)
+    assert view.claimed_elsewhere("m", "r1", "r2", 0.0, NOW, fresh_s=0.25) is Claimed.KEEP
